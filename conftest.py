@@ -1,0 +1,2 @@
+# The project's root conftest: imports nothing heavy (``pytest --help`` must not import torch).
+pytest_plugins = ["pytester"]

@@ -1,0 +1,427 @@
+"""``gradcheck`` and ``gradgradcheck``: first and second derivatives against finite differences.
+
+In float64 and complex128 they run ``torch.autograd.gradcheck`` / ``gradgradcheck`` on every sample,
+fast or slow mode by input size. In lower precisions finite differences are meaningless (the numerical
+Jacobian of a float16 op is all zeros), so the op's gradients at that dtype are compared with the
+float64 gradients of the very same input values, under the dtype's tolerance.
+
+A failure is diagnosed without torch's slow recomputation of the full Jacobian: for each input (by
+schema name) the backward's vector-Jacobian product is compared with finite differences, element by
+element for small inputs and along a random direction for large ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import sys
+import warnings
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+import torch
+
+from ..differentiation import (
+    OpCall,
+    directional_vjp,
+    inner,
+    numerical_vjp,
+    random_like,
+    real_loss,
+    vjp,
+    worst_mismatch,
+)
+from ..dtypes import Tolerance, dtype_id, is_differentiable_dtype, is_reference_precision, reference_dtype
+from .base import Check, CheckContext, CheckResult, Finding, format_user_traceback
+
+__all__ = ["GradCheck", "GradGradCheck", "refuses_double_backward"]
+
+# Inputs up to this many elements are diagnosed element by element (two forwards per element).
+_ELEMENTWISE_DIAGNOSIS_LIMIT = 256
+
+_NO_FORMULA = re.compile(r"no autograd formula was registered|does not require grad and does not have a grad_fn")
+_REFUSES_DOUBLE_BACKWARD = re.compile(
+    r"double backward|differentiate twice|once_differentiable|not (?:twice )?differentiable twice"
+    r"|second.order .*not supported|double_backward",
+    re.IGNORECASE,
+)
+_MISSING_AUTOGRAD_KERNEL = re.compile(r"([\w.]+::[\w.]+): an autograd kernel was not registered")
+
+
+def refuses_double_backward(exc: BaseException) -> bool:
+    """True when ``exc`` is a backward saying it does not support being differentiated again
+    (torchvision's "double backwards not supported", ``@once_differentiable``'s error)."""
+    return isinstance(exc, RuntimeError) and bool(_REFUSES_DOUBLE_BACKWARD.search(str(exc)))
+
+
+@contextlib.contextmanager
+def _without_slow_recompute(enabled: bool) -> Iterator[None]:
+    """Stop a failing fast-mode gradcheck from recomputing the full Jacobian just to word its message
+    (seconds to minutes on real inputs): the plugin diagnoses the failure itself."""
+    module = sys.modules.get("torch.autograd.gradcheck")
+    original = getattr(module, "_run_slow_mode_and_get_error", None)
+    if not enabled or original is None:
+        yield
+        return
+
+    def short_note(*args: Any, **kwargs: Any) -> str:
+        return "\n(full Jacobian not recomputed; --customop-full-jacobian prints it)\n"
+
+    module._run_slow_mode_and_get_error = short_note  # type: ignore[union-attr]
+    try:
+        yield
+    finally:
+        module._run_slow_mode_and_get_error = original  # type: ignore[union-attr]
+
+
+def _first_lines(text: str, count: int = 3) -> str:
+    lines = [line for line in str(text).strip().splitlines() if line.strip()]
+    return "\n".join(lines[:count])
+
+
+class _Diagnosis:
+    """Compare a function's backward with finite differences, input by input, naming each input."""
+
+    def __init__(self, ctx: CheckContext, eps: float, tol: Tolerance) -> None:
+        self.ctx = ctx
+        self.eps = eps
+        self.tol = tol
+
+    def run(
+        self,
+        fn: Callable[..., tuple],
+        inputs: Sequence[torch.Tensor],
+        labels: Sequence[str],
+        what: str,
+        salt: int,
+    ) -> list[tuple[str, str]]:
+        """(label, message) for each input whose backward disagrees with finite differences."""
+        generator = self.ctx.generator(salt)
+        leaves = [t.detach().requires_grad_(True) for t in inputs]
+        with torch.enable_grad():
+            outputs = [o for o in fn(*leaves) if isinstance(o, torch.Tensor) and o.requires_grad]
+        if not outputs:
+            return []
+        weights = [random_like(o, generator) for o in outputs]
+        analytic = vjp(outputs, leaves, weights)
+        problems = []
+        for position, label in enumerate(labels):
+            grad = analytic[position]
+            leaf = leaves[position]
+            if leaf.numel() <= _ELEMENTWISE_DIAGNOSIS_LIMIT:
+                numeric = numerical_vjp(fn, leaves, position, weights, self.eps)
+                mismatch = worst_mismatch(grad, numeric, self.tol)
+                if mismatch is None:
+                    continue
+                message = f"{what} of input {label}: {mismatch.describe('finite differences', 'backward')}"
+            else:
+                direction = random_like(leaf.detach(), generator)
+                numeric_value = directional_vjp(fn, leaves, position, direction, weights, self.eps)
+                analytic_value = inner(grad, direction)
+                error = abs(numeric_value - analytic_value)
+                if error <= self.tol.atol * direction.numel() ** 0.5 + self.tol.rtol * abs(numeric_value):
+                    continue
+                message = (
+                    f"{what} of input {label} along a random direction: expected {numeric_value:.6g} "
+                    f"(finite differences), got {analytic_value:.6g} (backward); abs err {error:.3g}"
+                )
+            if grad is None:
+                message += "; backward returned None for it (taken as zeros) although it needs a gradient"
+            problems.append((label, message))
+        return problems
+
+
+def _sample_size(leaves: Sequence[torch.Tensor], outputs: Sequence[Any]) -> int:
+    return sum(t.numel() for t in leaves) + sum(o.numel() for o in outputs if isinstance(o, torch.Tensor))
+
+
+def _gradient_grad_outputs(
+    call: OpCall, leaves: list[torch.Tensor], mask: Sequence[bool], generator: torch.Generator
+) -> tuple[Callable[..., tuple], list[torch.Tensor]]:
+    """The first derivative as a function of (inputs, grad_outputs), for second-order diagnosis."""
+    count = len(leaves)
+    fn = call.function(mask)
+
+    def first_derivative(*args: torch.Tensor) -> tuple:
+        xs, ws = args[:count], args[count:]
+        with torch.enable_grad():
+            outs = fn(*xs)
+            grads = torch.autograd.grad(outs, xs, ws, allow_unused=True, create_graph=True)
+        return tuple(g for g in grads if g is not None)
+
+    with torch.no_grad():
+        outs = fn(*leaves)
+    weights = [random_like(o, generator) for o in outs]
+    return first_derivative, weights
+
+
+class _GradientCheck(Check):
+    order = 1
+
+    def run(self, ctx: CheckContext) -> CheckResult:
+        if not is_differentiable_dtype(ctx.dtype):
+            return ctx.skipped(f"{dtype_id(ctx.dtype)} tensors cannot require grad: nothing to differentiate")
+        samples = ctx.samples(requires_grad=True)
+        findings: list[Finding] = []
+        notes: list[str] = []
+        refusals: list[str] = []
+        checked = 0
+        for index, sample in enumerate(samples):
+            try:
+                call = OpCall(ctx.op, sample)
+            except TypeError as exc:
+                findings.append(Finding(index, f"the sample does not fit the schema: {exc}"))
+                continue
+            if not call.slots:
+                continue
+            try:
+                problems = self._check_sample(ctx, call, index, notes)
+            except _Refused as refusal:
+                refusals.append(f"sample {index}: {refusal}")
+                continue
+            checked += 1
+            findings.extend(problems)
+        if refusals and not findings:
+            if ctx.spec.supports_gradgrad:
+                findings = [Finding(None, f"the marker claims supports_gradgrad=True but {r}") for r in refusals]
+            else:
+                return ctx.skipped(
+                    "backward refuses double backward (declare supports_gradgrad=False to skip "
+                    f"without running): {refusals[0]}",
+                    total=len(samples),
+                )
+        if findings:
+            return ctx.failed(findings, total=len(samples), checked=checked, notes=notes)
+        if checked == 0:
+            return ctx.skipped(
+                f"no sample has an input that requires grad at {dtype_id(ctx.dtype)} "
+                "(samples(device, dtype, requires_grad=True) should make floating inputs require grad)",
+                total=len(samples),
+            )
+        return ctx.passed(checked, len(samples), notes=notes)
+
+    # -- one sample ---------------------------------------------------------------------------
+    def _check_sample(self, ctx: CheckContext, call: OpCall, index: int, notes: list[str]) -> list[Finding]:
+        leaves = call.leaves()
+        try:
+            with torch.enable_grad():
+                outputs = call.outputs(leaves)
+        except Exception as exc:
+            return [Finding(index, f"forward raised {format_user_traceback(exc)}")]
+        mask = call.differentiable_output_mask(outputs)
+        if not any(mask):
+            inputs = ", ".join(s.label for s in call.slots)
+            return [
+                Finding(
+                    index,
+                    f"no output of {ctx.op.name} requires grad although input(s) {inputs} do: the op has "
+                    "no autograd formula (register one with torch.library.register_autograd) or its "
+                    "forward detaches its result",
+                )
+            ]
+        if is_reference_precision(ctx.dtype):
+            return self._against_finite_differences(ctx, call, leaves, outputs, mask, index, notes)
+        return self._against_reference_dtype(ctx, call, mask, index)
+
+    def _against_finite_differences(
+        self,
+        ctx: CheckContext,
+        call: OpCall,
+        leaves: list[torch.Tensor],
+        outputs: list[Any],
+        mask: list[bool],
+        index: int,
+        notes: list[str],
+    ) -> list[Finding]:
+        tol = ctx.tolerance
+        eps = ctx.spec.eps or 1e-6
+        fast = ctx.spec.fast_mode
+        if fast is None:
+            fast = _sample_size(leaves, [o for o, m in zip(outputs, mask) if m]) > ctx.fast_mode_threshold
+        fn = call.function(mask)
+        runner = torch.autograd.gradcheck if self.order == 1 else torch.autograd.gradgradcheck
+        options: dict[str, Any] = dict(eps=eps, atol=tol.atol, rtol=tol.rtol, nondet_tol=ctx.spec.nondet_tol, fast_mode=fast)
+        if self.order == 1:
+            options["check_batched_grad"] = False
+        with warnings.catch_warnings(record=True) as caught, _without_slow_recompute(not ctx.full_jacobian):
+            warnings.simplefilter("always")
+            try:
+                runner(fn, tuple(leaves), raise_exception=True, **options)
+                error: Optional[BaseException] = None
+            except Exception as exc:
+                error = exc
+        missing_kernels = sorted({m.group(1) for w in caught for m in [_MISSING_AUTOGRAD_KERNEL.search(str(w.message))] if m})
+        if error is None:
+            if missing_kernels:
+                notes.append(
+                    f"sample {index}: backprop went through {', '.join(missing_kernels)}, which has no autograd kernel "
+                    "(torch warned it may be silently incorrect)"
+                )
+            return []
+        mode = "fast" if fast else "slow"
+        return [self._explain(ctx, call, leaves, mask, index, error, missing_kernels, mode, eps, tol)]
+
+    def _explain(
+        self,
+        ctx: CheckContext,
+        call: OpCall,
+        leaves: list[torch.Tensor],
+        mask: list[bool],
+        index: int,
+        error: BaseException,
+        missing_kernels: list[str],
+        mode: str,
+        eps: float,
+        tol: Tolerance,
+    ) -> Finding:
+        is_gradcheck_error = type(error).__name__ == "GradcheckError"
+        if not is_gradcheck_error:
+            if self.order == 2 and refuses_double_backward(error):
+                raise _Refused(_first_lines(str(error), 1))
+            if _NO_FORMULA.search(str(error)):
+                return Finding(
+                    index,
+                    f"{ctx.op.name} has no autograd formula: {_first_lines(str(error), 1)} "
+                    "(register one with torch.library.register_autograd)",
+                )
+            return Finding(index, f"backward raised {format_user_traceback(error)}")
+        labels = [s.label for s in call.slots]
+        slot_names = [s.name for s in call.slots]
+        try:
+            if self.order == 1:
+                problems = _Diagnosis(ctx, eps, tol).run(call.function(mask), leaves, labels, "gradient", salt=index)
+            else:
+                fn, weights = _gradient_grad_outputs(call, leaves, mask, ctx.generator(index))
+                labels = labels + [f"grad_output[{k}]" for k in range(len(weights))]
+                problems = _Diagnosis(ctx, eps, tol).run(fn, [*leaves, *weights], labels, "second derivative", salt=index)
+        except Exception as exc:  # the diagnosis itself hit the bug: report torch's finding
+            problems = []
+            torch_says = f"{_first_lines(str(error))} (diagnosis failed: {type(exc).__name__}: {exc})"
+        else:
+            torch_says = _first_lines(str(error))
+        why = []
+        if self.order == 2:
+            detached = _detached_gradients(call, leaves, mask, ctx.generator(index))
+            if detached:
+                why.append(
+                    f"the gradient backward computes for {', '.join(detached)} does not require grad: backward "
+                    "detaches it (.detach(), torch.no_grad(), .data, numpy) so its own derivative is lost"
+                )
+        if missing_kernels:
+            why.append(
+                f"backward calls {', '.join(missing_kernels)}, which has no autograd formula, so its derivative "
+                "is silently wrong (torch only warns)"
+            )
+        reason = f"; why: {'; '.join(why)}" if why else ""
+        if problems:
+            label, message = problems[0]
+            others = f" (also: {', '.join(p[0] for p in problems[1:])})" if len(problems) > 1 else ""
+            name = slot_names[labels.index(label)] if label in labels[: len(slot_names)] else None
+            return Finding(index, f"{message}{others}{reason} [{mode} mode]", input_name=name)
+        return Finding(index, f"torch.autograd.{'gradcheck' if self.order == 1 else 'gradgradcheck'} ({mode} mode): {torch_says}{reason}")
+
+    def _against_reference_dtype(self, ctx: CheckContext, call: OpCall, mask: list[bool], index: int) -> list[Finding]:
+        ref_dtype = reference_dtype(ctx.dtype)
+        reference = call.with_dtype(ref_dtype)
+        generator = ctx.generator(index)
+        try:
+            got = self._derivatives(call, call.leaves(), mask, generator, weights=None)
+            expected = self._derivatives(reference, reference.leaves(), mask, generator=None, weights=got[1])
+        except _Refused:
+            raise
+        except Exception as exc:
+            if self.order == 2 and refuses_double_backward(exc):
+                raise _Refused(_first_lines(str(exc), 1)) from None
+            return [Finding(index, f"backward raised {format_user_traceback(exc)}")]
+        findings = []
+        tol = ctx.tolerance
+        labels = [s.label for s in call.slots] + [f"grad_output[{k}]" for k in range(len(got[1]))]
+        names = [s.name for s in call.slots] + [None] * len(got[1])
+        what = "gradient" if self.order == 1 else "second derivative"
+        for label, name, g, e in zip(labels, names, got[0], expected[0]):
+            mismatch = worst_mismatch(g, e, tol)
+            if mismatch is not None:
+                findings.append(
+                    Finding(
+                        index,
+                        f"{what} of input {label} at {dtype_id(ctx.dtype)} differs from the {dtype_id(ref_dtype)} "
+                        f"{what} of the same input values: "
+                        + mismatch.describe(dtype_id(ref_dtype), dtype_id(ctx.dtype)),
+                        input_name=name,
+                    )
+                )
+        return findings[:1] if findings else []
+
+    def _derivatives(
+        self,
+        call: OpCall,
+        leaves: list[torch.Tensor],
+        mask: Sequence[bool],
+        generator: Optional[torch.Generator],
+        weights: Optional[list[torch.Tensor]],
+    ) -> tuple[list[Optional[torch.Tensor]], list[torch.Tensor]]:
+        """First (or second) derivatives with respect to each input, and the weights used.
+
+        With ``weights`` given (the low-precision run's, converted) the same directions are reused."""
+        with torch.enable_grad():
+            outputs = [o for o, keep in zip(call.outputs(leaves), mask) if keep]
+            if weights is None:
+                assert generator is not None
+                weights = [random_like(o, generator) for o in outputs]
+            else:
+                weights = [w.detach().to(o.dtype) for w, o in zip(weights, outputs)]
+            if self.order == 1:
+                return vjp(outputs, leaves, weights), weights
+            weights = [w.detach().requires_grad_(True) for w in weights]
+            first = vjp(outputs, leaves, weights, create_graph=True)
+            live = [g for g in first if g is not None and g.requires_grad]
+            if not live:
+                return [None] * (len(leaves) + len(weights)), weights
+            # Same directions for the low-precision run and its reference: fixed seeds.
+            directions = [random_like(g.detach(), torch.Generator().manual_seed(7 + k)) for k, g in enumerate(live)]
+            second = torch.autograd.grad(
+                real_loss(live, directions), [*leaves, *weights], allow_unused=True
+            )
+            return list(second), [w.detach() for w in weights]
+
+
+class _Refused(Exception):
+    """A backward refused to be differentiated (raised out of one sample's second-order check)."""
+
+
+def _detached_gradients(
+    call: OpCall, leaves: list[torch.Tensor], mask: Sequence[bool], generator: torch.Generator
+) -> list[str]:
+    """Labels of inputs whose first derivative comes back without a graph though the grad_outputs
+    require grad: a backward that detached what it computed."""
+    try:
+        with torch.enable_grad():
+            fresh = [t.detach().requires_grad_(True) for t in leaves]
+            outputs = call.function(mask)(*fresh)
+            weights = [random_like(o, generator).requires_grad_(True) for o in outputs]
+            grads = vjp(outputs, fresh, weights, create_graph=True)
+    except Exception:
+        return []
+    return [s.label for s, g in zip(call.slots, grads) if g is not None and not g.requires_grad]
+
+
+class GradCheck(_GradientCheck):
+    """First derivatives: ``torch.autograd.gradcheck`` in float64/complex128; at lower precision,
+    the op's gradients compared with its float64 gradients of the same input values."""
+
+    name = "gradcheck"
+    description = "first derivatives against finite differences (float64) or the float64 gradients (lower precision)"
+    order = 1
+
+
+class GradGradCheck(_GradientCheck):
+    """Second derivatives: ``torch.autograd.gradgradcheck`` in float64/complex128; at lower precision,
+    second-order vector-Jacobian products compared with float64 ones."""
+
+    name = "gradgradcheck"
+    description = "second derivatives (backward of backward) against finite differences or float64"
+    order = 2
+
+    def not_applicable(self, op: Any, spec: Any) -> Optional[str]:
+        if spec.supports_gradgrad is False:
+            return "the marker declares supports_gradgrad=False"
+        return None

@@ -1,0 +1,71 @@
+"""Expected failures and skips, per check, dtype and device (the marker's ``xfails=`` and ``skips=``).
+
+Modelled on OpInfo's ``DecorateInfo``: each names the items it applies to; an omitted field matches all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence, Tuple
+
+__all__ = ["Expectation", "Skip", "XFail"]
+
+
+def _as_tuple(value: Any) -> Optional[Tuple[Any, ...]]:
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return tuple(value)
+    return (value,)
+
+
+@dataclass(frozen=True, init=False)
+class Expectation:
+    """Base of :class:`XFail` and :class:`Skip`: which (check, dtype, device) items it applies to."""
+
+    reason: str
+    checks: Optional[Tuple[str, ...]]
+    dtypes: Optional[Tuple[Any, ...]]
+    devices: Optional[Tuple[str, ...]]
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        checks: str | Sequence[str] | None = None,
+        dtypes: Any = None,
+        devices: str | Sequence[str] | None = None,
+    ) -> None:
+        object.__setattr__(self, "reason", reason)
+        object.__setattr__(self, "checks", _as_tuple(checks))
+        object.__setattr__(self, "dtypes", _as_tuple(dtypes))
+        object.__setattr__(self, "devices", _as_tuple(devices))
+
+    def matches(self, check: str, dtype: Any, device: str) -> bool:
+        """True when this expectation applies to the item for ``check`` at ``dtype`` on ``device``."""
+        if self.checks is not None and check not in self.checks:
+            return False
+        if self.dtypes is not None and dtype not in self.dtypes:
+            return False
+        if self.devices is not None:
+            # "cuda" covers "cuda:0"; "cuda:1" only itself.
+            if not any(device == d or device.split(":")[0] == d for d in self.devices):
+                return False
+        return True
+
+
+@dataclass(frozen=True, init=False)
+class XFail(Expectation):
+    """The matching items are expected to fail: ``XFail("bf16 accumulates", checks="gradcheck",
+    dtypes=torch.bfloat16)``. ``strict=True`` (the default) makes an unexpected pass a failure."""
+
+    strict: bool
+
+    def __init__(self, reason: str, *, strict: bool = True, **where: Any) -> None:
+        super().__init__(reason, **where)
+        object.__setattr__(self, "strict", strict)
+
+
+@dataclass(frozen=True, init=False)
+class Skip(Expectation):
+    """The matching items are skipped with ``reason``: ``Skip("no CUDA kernel", devices="cuda")``."""

@@ -1,0 +1,227 @@
+"""The ``customop`` marker: its signature, and turning its arguments into a validated :class:`CustomOpSpec`.
+
+Every problem is a :class:`MarkerError` whose message names the argument, what was given and what is
+allowed; the plugin prefixes the test's node id.
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import torch
+
+from .dtypes import DEFAULT_DTYPES, Tolerance, default_tolerance, dtype_id, parse_dtype
+from .devices import parse_device
+from .expectations import Skip, XFail
+from .ops import OpResolutionError, ResolvedOp, resolve_op
+
+__all__ = ["CustomOpSpec", "MarkerError", "parse_marker"]
+
+
+
+class MarkerError(ValueError):
+    """A bad marker argument; the message is complete except for the test's node id."""
+
+    def __init__(self, argument: str, given: Any, allowed: str) -> None:
+        self.argument = argument
+        given_text = given if isinstance(given, str) and given.startswith("<") else repr(given)
+        super().__init__(f"customop marker argument {argument!r}: got {given_text}; allowed: {allowed}")
+
+
+@dataclass
+class CustomOpSpec:
+    """What one ``customop`` marker asks for, validated."""
+
+    op: ResolvedOp
+    samples: Optional[Callable[..., Any]]
+    dtypes: list[torch.dtype]
+    devices: Optional[list[str]]  # None: the run's devices
+    checks: Optional[list[str]]  # None: the run's default checks
+    atol: Optional[float] = None
+    rtol: Optional[float] = None
+    tolerances: dict[torch.dtype, Tolerance] = field(default_factory=dict)
+    eps: Optional[float] = None
+    fast_mode: Optional[bool] = None
+    nondet_tol: float = 0.0
+    supports_gradgrad: Optional[bool] = None
+    supports_forward_ad: Optional[bool] = None
+    xfails: tuple[XFail, ...] = ()
+    skips: tuple[Skip, ...] = ()
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def tolerance(self, dtype: torch.dtype) -> Tolerance:
+        """The tolerance for ``dtype``: ``tolerances[dtype]``, else the default with ``atol``/``rtol``
+        overriding its parts."""
+        if dtype in self.tolerances:
+            return self.tolerances[dtype]
+        base = default_tolerance(dtype)
+        return Tolerance(
+            atol=base.atol if self.atol is None else self.atol,
+            rtol=base.rtol if self.rtol is None else self.rtol,
+        )
+
+    def check_options(self, check: str) -> dict[str, Any]:
+        """Per-check options given as ``options={"check_name": {...}}``."""
+        return dict(self.options.get(check, {}))
+
+
+_KNOWN = (
+    "op samples dtypes devices checks atol rtol tolerances eps fast_mode nondet_tol supports_gradgrad "
+    "supports_forward_ad xfails skips options"
+).split()
+
+
+def _as_list(argument: str, value: Any, allowed: str) -> list[Any]:
+    if isinstance(value, (str, torch.dtype, torch.device)):
+        return [value]
+    if isinstance(value, (list, tuple, set, frozenset)):
+        if not value:
+            raise MarkerError(argument, value, f"a non-empty list of {allowed}")
+        return list(value)
+    raise MarkerError(argument, value, f"a list of {allowed}")
+
+
+def _number(argument: str, value: Any, *, positive: bool = False) -> Optional[float]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value < 0 or (positive and value == 0):
+        raise MarkerError(argument, value, "a positive number" if positive else "a number >= 0")
+    return float(value)
+
+
+def _optional_bool(argument: str, value: Any) -> Optional[bool]:
+    if value is None or isinstance(value, bool):
+        return value
+    raise MarkerError(argument, value, "True, False or None")
+
+
+def _expectations(argument: str, value: Any, kind: type) -> tuple[Any, ...]:
+    items = [value] if isinstance(value, kind) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(v, kind) for v in items):
+        raise MarkerError(argument, value, f"a list of pytest_customop.{kind.__name__}(reason, checks=, dtypes=, devices=)")
+    for item in items:
+        if item.dtypes is not None:
+            try:
+                object.__setattr__(item, "dtypes", tuple(parse_dtype(d) for d in item.dtypes))
+            except ValueError as exc:
+                raise MarkerError(argument, item, str(exc)) from None
+    return tuple(items)
+
+
+def _tolerances(value: Any) -> dict[torch.dtype, Tolerance]:
+    allowed = "a dict {dtype: (atol, rtol)}"
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise MarkerError("tolerances", value, allowed)
+    result = {}
+    for key, pair in value.items():
+        try:
+            dtype = parse_dtype(key)
+        except ValueError as exc:
+            raise MarkerError("tolerances", value, f"{allowed}; {exc}") from None
+        if isinstance(pair, Tolerance):
+            result[dtype] = pair
+            continue
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+            raise MarkerError("tolerances", value, allowed)
+        atol, rtol = (_number("tolerances", p) for p in pair)
+        result[dtype] = Tolerance(atol=atol, rtol=rtol)
+    return result
+
+
+def parse_marker(
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    *,
+    known_checks: Sequence[str],
+    requires_samples: bool = True,
+) -> CustomOpSpec:
+    """Validate the marker's arguments. Raises :class:`MarkerError`."""
+    unknown = sorted(set(kwargs) - set(_KNOWN))
+    if unknown:
+        raise MarkerError(unknown[0], kwargs[unknown[0]], f"the keyword arguments {', '.join(_KNOWN[1:])}")
+    if len(args) > 1:
+        raise MarkerError("op", args, "one positional argument, the op; everything else by keyword")
+    if args and "op" in kwargs:
+        raise MarkerError("op", kwargs["op"], "the op given once, positionally or as op=")
+    if not args and "op" not in kwargs:
+        raise MarkerError("op", "<nothing>", "the op as first argument: customop('mylib::op', samples=...)")
+    op_value = args[0] if args else kwargs["op"]
+    try:
+        op = resolve_op(op_value)
+    except OpResolutionError as exc:
+        raise MarkerError("op", op_value, str(exc).replace(f"op={op_value!r}", "an op registered with torch", 1)) from None
+
+    samples = kwargs.get("samples")
+    if samples is None and requires_samples:
+        raise MarkerError(
+            "samples", "<nothing>", "a callable samples(device, dtype, requires_grad) yielding SampleInput"
+        )
+    if samples is not None and not callable(samples):
+        raise MarkerError("samples", samples, "a callable samples(device, dtype, requires_grad) yielding SampleInput")
+
+    dtypes = DEFAULT_DTYPES
+    if kwargs.get("dtypes") is not None:
+        dtypes = []
+        for value in _as_list("dtypes", kwargs["dtypes"], "torch dtypes"):
+            try:
+                dtypes.append(parse_dtype(value))
+            except ValueError as exc:
+                raise MarkerError("dtypes", value, str(exc).split("; allowed: ", 1)[-1]) from None
+    dtypes = list(dict.fromkeys(dtypes))
+
+    devices = None
+    if kwargs.get("devices") is not None:
+        devices = []
+        for value in _as_list("devices", kwargs["devices"], "device strings"):
+            try:
+                devices.append(parse_device(value))
+            except ValueError as exc:
+                raise MarkerError("devices", value, f"device strings torch knows, like 'cpu', 'cuda', 'cuda:1' ({exc})") from None
+        devices = list(dict.fromkeys(devices))
+
+    checks = None
+    if kwargs.get("checks") is not None:
+        checks = []
+        for value in _as_list("checks", kwargs["checks"], "check names"):
+            if value not in known_checks:
+                raise MarkerError("checks", value, ", ".join(known_checks))
+            checks.append(value)
+        checks = list(dict.fromkeys(checks))
+
+    fast_mode = kwargs.get("fast_mode")
+    if fast_mode is not None and not isinstance(fast_mode, bool):
+        raise MarkerError("fast_mode", fast_mode, "True (always fast), False (always slow) or None (by input size)")
+
+    options = kwargs.get("options") or {}
+    if not isinstance(options, Mapping) or not all(isinstance(v, Mapping) for v in options.values()):
+        raise MarkerError("options", options, "a dict {check_name: {option: value}}")
+    for name in options:
+        if name not in known_checks:
+            raise MarkerError("options", name, f"check names: {', '.join(known_checks)}")
+
+    return CustomOpSpec(
+        op=op,
+        samples=samples,
+        dtypes=dtypes,
+        devices=devices,
+        checks=checks,
+        atol=_number("atol", kwargs.get("atol")),
+        rtol=_number("rtol", kwargs.get("rtol")),
+        tolerances=_tolerances(kwargs.get("tolerances")),
+        eps=_number("eps", kwargs.get("eps"), positive=True),
+        fast_mode=fast_mode,
+        nondet_tol=_number("nondet_tol", kwargs.get("nondet_tol", 0.0)) or 0.0,
+        supports_gradgrad=_optional_bool("supports_gradgrad", kwargs.get("supports_gradgrad")),
+        supports_forward_ad=_optional_bool("supports_forward_ad", kwargs.get("supports_forward_ad")),
+        xfails=_expectations("xfails", kwargs.get("xfails", ()), XFail),
+        skips=_expectations("skips", kwargs.get("skips", ()), Skip),
+        options={k: dict(v) for k, v in options.items()},
+    )
+
+
+def describe_dtypes(dtypes: Sequence[torch.dtype]) -> str:
+    return ", ".join(dtype_id(d) for d in dtypes)

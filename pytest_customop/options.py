@@ -1,0 +1,164 @@
+"""The plugin's settings: each one a command-line option, an environment variable and an ini key,
+resolved in one place in one order (command line, then environment, then ini, then the default).
+
+This module imports neither torch nor pytest, so ``pytest --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional
+
+__all__ = ["OPTIONS", "Option", "Settings", "SettingsError", "resolve_settings"]
+
+
+class SettingsError(ValueError):
+    """A setting's value is malformed; the message names the option and what it accepts."""
+
+
+def _comma_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be >= 0")
+    return value
+
+
+def _boolean(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("expected true or false")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: its names in each source, how to parse it, its default and help text."""
+
+    dest: str
+    flag: str
+    env: str
+    ini: str
+    parse: Callable[[str], Any]
+    default: Any
+    help: str
+    metavar: str = ""
+    is_flag: bool = False  # a command-line switch without a value
+
+    @property
+    def ini_type(self) -> str:
+        return "bool" if self.is_flag else "string"
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        dest="customop_devices",
+        flag="--customop-devices",
+        env="CUSTOMOP_DEVICES",
+        ini="customop_devices",
+        parse=_comma_list,
+        default=None,
+        metavar="LIST",
+        help="comma-separated devices to run customop checks on (default: cpu plus every "
+        "accelerator present). Marker devices outside this list are skipped with a reason.",
+    ),
+    Option(
+        dest="customop_checks",
+        flag="--customop-checks",
+        env="CUSTOMOP_CHECKS",
+        ini="customop_checks",
+        parse=_comma_list,
+        default=None,
+        metavar="LIST",
+        help="comma-separated checks run by markers without checks= (default: every check that "
+        "applies to the op).",
+    ),
+    Option(
+        dest="customop_seed",
+        flag="--customop-seed",
+        env="CUSTOMOP_SEED",
+        ini="customop_seed",
+        parse=_non_negative_int,
+        default=None,
+        metavar="N",
+        help="run seed; each item is seeded from it and its node id (default: random, printed in "
+        "the header).",
+    ),
+    Option(
+        dest="customop_fast_mode_threshold",
+        flag="--customop-fast-mode-threshold",
+        env="CUSTOMOP_FAST_MODE_THRESHOLD",
+        ini="customop_fast_mode_threshold",
+        parse=_non_negative_int,
+        default=1024,
+        metavar="N",
+        help="gradcheck uses fast mode when a sample's differentiable inputs and outputs hold more "
+        "than N elements in all, slow (full Jacobian) mode otherwise (default: 1024).",
+    ),
+    Option(
+        dest="customop_full_jacobian",
+        flag="--customop-full-jacobian",
+        env="CUSTOMOP_FULL_JACOBIAN",
+        ini="customop_full_jacobian",
+        parse=_boolean,
+        default=False,
+        is_flag=True,
+        help="when a fast-mode gradcheck fails, recompute and print the full Jacobians (slow on "
+        "large inputs; off by default).",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved settings for one run."""
+
+    devices: Optional[list[str]] = None
+    checks: Optional[list[str]] = None
+    seed: int = 0
+    seed_was_given: bool = False
+    fast_mode_threshold: int = 1024
+    full_jacobian: bool = False
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+def resolve_settings(
+    cli: Mapping[str, Any], env: Mapping[str, str], ini: Callable[[str], Any]
+) -> Settings:
+    """Resolve every option: command line, then environment, then ini, then the default.
+
+    ``cli`` maps option dests to parsed command-line values (None when absent), ``ini(name)`` returns
+    an ini value (empty when absent). Raises :class:`SettingsError` naming the source of a bad value.
+    """
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        raw, source = cli.get(option.dest), option.flag
+        if raw in (None, False):
+            raw, source = env.get(option.env), f"environment variable {option.env}"
+        if raw in (None, ""):
+            raw, source = ini(option.ini), f"ini key {option.ini}"
+        if raw in (None, "", [], False):
+            values[option.dest] = option.default
+            continue
+        if isinstance(raw, bool):
+            values[option.dest] = raw
+            continue
+        try:
+            values[option.dest] = option.parse(str(raw))
+        except ValueError as exc:
+            raise SettingsError(f"{source}={raw!r}: {exc}") from None
+    seed = values["customop_seed"]
+    return Settings(
+        devices=values["customop_devices"] or None,
+        checks=values["customop_checks"] or None,
+        seed=seed if seed is not None else random.randrange(2**31),
+        seed_was_given=seed is not None,
+        fast_mode_threshold=values["customop_fast_mode_threshold"],
+        full_jacobian=values["customop_full_jacobian"],
+    )

@@ -1,0 +1,204 @@
+"""pytest hooks and fixtures of pytest-customop. Thin: the logic lives in the modules beside this one.
+
+Nothing here imports torch at module level, so ``pytest --help`` and ``pytest --markers`` stay fast;
+torch is imported the first time a ``customop`` marker is collected.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from typing import Any
+
+import pytest
+
+from . import hookspecs
+from .options import OPTIONS, SettingsError, resolve_settings
+
+MARKER_HELP = (
+    "customop(op, *, samples, dtypes=None, devices=None, checks=None, atol=None, rtol=None, "
+    "tolerances=None, eps=None, fast_mode=None, nondet_tol=0.0, supports_gradgrad=None, "
+    "supports_forward_ad=None, xfails=(), skips=(), options=None): verify the custom op `op` "
+    "(a 'ns::name[.overload]' string, OpOverload, OpOverloadPacket, torch.library.custom_op object "
+    "or legacy custom op) on the SampleInputs yielded by samples(device, dtype, requires_grad). "
+    "Generates one item per (device, dtype, check), ids like [cpu-float64-gradcheck]; the test "
+    "requests the `customop` fixture and calls customop.check()."
+)
+
+settings_key = pytest.StashKey["Any"]()
+registry_key = pytest.StashKey["Any"]()
+marker_errors_key = pytest.StashKey[dict]()
+result_key = pytest.StashKey["Any"]()
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.add_hookspecs(hookspecs)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("customop", "verify PyTorch custom operators (pytest-customop)")
+    for option in OPTIONS:
+        if option.is_flag:
+            group.addoption(option.flag, action="store_true", default=None, dest=option.dest, help=option.help)
+        else:
+            group.addoption(option.flag, default=None, dest=option.dest, metavar=option.metavar, help=option.help)
+        parser.addini(option.ini, type=option.ini_type, default=None, help=f"{option.help} Env: {option.env}.")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", MARKER_HELP)
+    cli = {option.dest: config.getoption(option.dest) for option in OPTIONS}
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None and "customop_seed" in workerinput:
+        cli["customop_seed"] = str(workerinput["customop_seed"])  # the controller's seed, on every worker
+    try:
+        settings = resolve_settings(cli, os.environ, config.getini)
+    except SettingsError as exc:
+        raise pytest.UsageError(f"pytest-customop: {exc}") from None
+    config.stash[settings_key] = settings
+    config.stash[marker_errors_key] = {}
+    from .checks import builtin
+
+    config.pluginmanager.register(builtin, "customop-builtin-checks")
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(_XdistHooks(), "customop-xdist")
+
+
+class _XdistHooks:
+    """Registered only when pytest-xdist is installed."""
+
+    @pytest.hookimpl
+    def pytest_configure_node(self, node: Any) -> None:
+        node.workerinput["customop_seed"] = node.config.stash[settings_key].seed
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    settings = config.stash[settings_key]
+    return f"customop: seed={settings.seed} (--customop-seed={settings.seed} repeats this run)"
+
+
+def _registry(config: pytest.Config) -> Any:
+    """The check registry, filled through the register-checks hook on first use."""
+    if registry_key not in config.stash:
+        from .checks.registry import CheckRegistrationError, CheckRegistry
+
+        registry = CheckRegistry()
+        try:
+            config.hook.pytest_customop_register_checks(registry=registry)
+        except CheckRegistrationError as exc:
+            raise pytest.UsageError(f"pytest-customop: {exc}") from None
+        unknown = [c for c in config.stash[settings_key].checks or [] if c not in registry]
+        if unknown:
+            raise pytest.UsageError(
+                f"pytest-customop: --customop-checks/customop_checks names unknown check(s) "
+                f"{', '.join(unknown)}; known: {', '.join(registry.names())}"
+            )
+        config.stash[registry_key] = registry
+    return config.stash[registry_key]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    marker = metafunc.definition.get_closest_marker("customop")
+    if marker is None:
+        return
+    from .cases import build_cases
+    from .marker import MarkerError, parse_marker
+
+    config = metafunc.config
+    nodeid = metafunc.definition.nodeid
+    errors = config.stash[marker_errors_key]
+    if "_customop_case" not in metafunc.fixturenames:
+        errors[nodeid] = (
+            f"{nodeid}: has @pytest.mark.customop but requests none of the fixtures customop, "
+            "customop_device, customop_dtype, customop_samples; add a `customop` argument and call "
+            "customop.check()"
+        )
+        return
+    registry = _registry(config)
+    try:
+        spec = parse_marker(marker.args, marker.kwargs, known_checks=registry.names())
+    except MarkerError as exc:
+        errors[nodeid] = f"{nodeid}: {exc}"
+        return
+    params = []
+    for case in build_cases(spec, registry, config.stash[settings_key]):
+        marks = []
+        if case.skip_reason:
+            marks.append(pytest.mark.skip(reason=case.skip_reason))
+        if case.xfail is not None:
+            marks.append(pytest.mark.xfail(reason=case.xfail.reason, strict=case.xfail.strict))
+        params.append(pytest.param(case, id=case.id, marks=marks))
+    metafunc.parametrize("_customop_case", params)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    errors = item.config.stash.get(marker_errors_key, {})
+    if not errors:
+        return
+    definition_id = f"{item.parent.nodeid}::{getattr(item, 'originalname', item.name)}"
+    if definition_id in errors:
+        pytest.fail(errors[definition_id], pytrace=False)
+
+
+# -- fixtures -----------------------------------------------------------------------------------
+@pytest.fixture
+def _customop_case(request: pytest.FixtureRequest) -> Any:
+    """The (op, device, dtype, check) case of this item; parametrized by the customop marker."""
+    param = getattr(request, "param", None)
+    if param is None:
+        pytest.fail(
+            f"{request.node.nodeid}: requests a customop fixture but has no @pytest.mark.customop(op, samples=...)",
+            pytrace=False,
+        )
+    return param
+
+
+@pytest.fixture
+def customop(request: pytest.FixtureRequest, _customop_case: Any) -> Any:
+    """The op under test, bound to this item's device, dtype and check (from @pytest.mark.customop).
+
+    ``customop.check()`` runs the item's check over every sample and fails with a message naming the
+    op, check, device, dtype, sample and input; ``customop(*args)`` calls the op;
+    ``customop.samples()`` gives the item's samples; ``customop.op`` / ``.schema`` describe the op.
+    """
+    from .cases import item_seed
+    from .under_test import CustomOpUnderTest
+
+    config = request.config
+    settings = config.stash[settings_key]
+    seed = item_seed(settings.seed, request.node.nodeid)
+    repro = f"pytest {shlex.quote(request.node.nodeid)} --customop-seed={settings.seed}"
+
+    def remember(result: Any) -> None:
+        request.node.stash[result_key] = result
+
+    return CustomOpUnderTest(
+        _customop_case,
+        _registry(config),
+        settings,
+        seed,
+        repro,
+        fail=lambda message: pytest.fail(message, pytrace=False),
+        skip=lambda reason: pytest.skip(reason),
+        on_result=remember,
+    )
+
+
+@pytest.fixture
+def customop_device(_customop_case: Any) -> str:
+    """This item's device string (``"cpu"``, ``"cuda"``, ...) from @pytest.mark.customop."""
+    return _customop_case.device
+
+
+@pytest.fixture
+def customop_dtype(_customop_case: Any) -> Any:
+    """This item's ``torch.dtype`` from @pytest.mark.customop."""
+    return _customop_case.dtype
+
+
+@pytest.fixture
+def customop_samples(customop: Any) -> list:
+    """This item's samples (``SampleInput`` list, inputs requiring grad where differentiable), built
+    once from the marker's ``samples=`` at this item's device and dtype, seeded from the item."""
+    return customop.samples()

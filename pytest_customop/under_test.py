@@ -1,0 +1,155 @@
+"""The ``customop`` fixture's value: the op under test bound to one item's device, dtype and check.
+
+It knows nothing of pytest: the plugin hands it the functions that fail or skip a test.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NoReturn, Optional
+
+import torch
+
+from .cases import Case
+from .checks.base import CheckContext, CheckResult, Outcome
+from .checks.registry import CheckRegistry
+from .dtypes import dtype_id
+from .options import Settings
+from .samples import SampleInput, SamplesError, collect_samples
+
+__all__ = ["CustomOpUnderTest", "render_failure"]
+
+
+def _copy_tensor(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().clone().requires_grad_(t.requires_grad)
+
+
+def render_failure(op_name: str, device: str, dtype: torch.dtype, result: CheckResult, samples: list[SampleInput], repro: str) -> str:
+    """The message of a failed check: what, where, each finding by sample and input, how to rerun."""
+    failed_samples = sorted({f.sample_index for f in result.findings if f.sample_index is not None})
+    lines = [
+        f"{op_name} {result.check} failed on {device} {dtype_id(dtype)}: "
+        f"{len(failed_samples) or len(result.findings)} of {result.samples_total} sample(s)"
+    ]
+    for finding in result.findings:
+        if finding.sample_index is not None and finding.sample_index < len(samples):
+            lines.append(f"  sample {finding.sample_index}: {samples[finding.sample_index]!r}")
+        body = finding.message.splitlines() or [""]
+        lines.append(f"    {body[0]}")
+        lines.extend(f"    {line}" for line in body[1:])
+    lines.extend(f"  note: {note}" for note in result.notes)
+    lines.append(f"  reproduce: {repro}")
+    return "\n".join(lines)
+
+
+class CustomOpUnderTest:
+    """The op under test, bound to this item's ``device``, ``dtype`` and ``check``.
+
+    ``customop.check()`` runs the item's check over every sample and fails the test with a message
+    naming the op, check, device, dtype, sample and input. ``customop(*args, **kwargs)`` calls the op;
+    ``customop.samples()`` gives this item's samples (fresh copies each call).
+    """
+
+    def __init__(
+        self,
+        case: Case,
+        registry: CheckRegistry,
+        settings: Settings,
+        seed: int,
+        repro: str,
+        *,
+        fail: Callable[[str], NoReturn],
+        skip: Callable[[str], NoReturn],
+        on_result: Callable[[CheckResult], None] = lambda result: None,
+    ) -> None:
+        self.case = case
+        self.seed = seed
+        self.repro = repro
+        self._registry = registry
+        self._settings = settings
+        self._fail = fail
+        self._skip = skip
+        self._on_result = on_result
+        self._samples: dict[tuple[torch.dtype, bool], list[SampleInput]] = {}
+        self._cache: dict[Any, Any] = {}
+
+    # -- what the item is about ---------------------------------------------------------------
+    @property
+    def op(self) -> Any:
+        """The resolved op (:class:`pytest_customop.ops.ResolvedOp`): ``name``, ``schema``, ``overload``."""
+        return self.case.spec.op
+
+    @property
+    def schema(self) -> Any:
+        return self.op.schema
+
+    @property
+    def spec(self) -> Any:
+        return self.case.spec
+
+    @property
+    def device(self) -> str:
+        return self.case.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.case.dtype
+
+    @property
+    def check_name(self) -> str:
+        return self.case.check
+
+    def __repr__(self) -> str:
+        return f"<customop {self.op.name} on {self.device} {dtype_id(self.dtype)}, check {self.check_name}>"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the op under test."""
+        return self.op(*args, **kwargs)
+
+    # -- samples --------------------------------------------------------------------------------
+    def samples(self, requires_grad: bool = True, dtype: Optional[torch.dtype] = None) -> list[SampleInput]:
+        """This item's samples, built once (seeded from the item) and copied on every call."""
+        __tracebackhide__ = True
+        key = (dtype or self.dtype, requires_grad)
+        if key not in self._samples:
+            if self.spec.samples is None:
+                self._fail(f"{self.op.name}: the marker gives no samples=")
+            torch.manual_seed(self.seed)
+            try:
+                self._samples[key] = collect_samples(self.spec.samples, self.device, key[0], requires_grad)
+            except SamplesError as exc:
+                self._fail(f"{self.op.name} on {self.device} {dtype_id(key[0])}: {exc}\n  reproduce: {self.repro}")
+        return [sample.map(_copy_tensor) for sample in self._samples[key]]
+
+    # -- checks ---------------------------------------------------------------------------------
+    def run_check(self, name: Optional[str] = None) -> CheckResult:
+        """Run a check (this item's, by default) and return its result without failing the test."""
+        __tracebackhide__ = True
+        name = name or self.check_name
+        if name not in self._registry:
+            self._fail(f"unknown check {name!r}; known: {', '.join(self._registry.names())}")
+        ctx = CheckContext(
+            op=self.op,
+            spec=self.spec,
+            device=self.device,
+            dtype=self.dtype,
+            seed=self.seed,
+            check=name,
+            make_samples=lambda dtype, requires_grad: self.samples(requires_grad, dtype),
+            fast_mode_threshold=self._settings.fast_mode_threshold,
+            full_jacobian=self._settings.full_jacobian,
+            cache=self._cache,
+        )
+        torch.manual_seed(self.seed)
+        return self._registry[name].run(ctx)
+
+    def check(self, name: Optional[str] = None) -> CheckResult:
+        """Run this item's check over every sample; fail or skip the test as its result says."""
+        __tracebackhide__ = True
+        result = self.run_check(name)
+        self._on_result(result)
+        if result.outcome is Outcome.FAILED:
+            samples = self._samples.get((self.dtype, True), [])
+            self._fail(render_failure(self.op.name, self.device, self.dtype, result, samples, self.repro))
+        if result.outcome is Outcome.SKIPPED:
+            self._skip(result.reason)
+        return result
