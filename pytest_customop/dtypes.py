@@ -60,6 +60,9 @@ def _known_dtypes() -> dict[str, torch.dtype]:
     return names
 
 
+_INTEGRAL = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
 def parse_dtype(value: Any) -> torch.dtype:
     """A ``torch.dtype`` from a dtype or its name (``"float64"``, ``"torch.float64"``, ``"double"``).
 
@@ -72,7 +75,9 @@ def parse_dtype(value: Any) -> torch.dtype:
         name = value.strip().removeprefix("torch.")
         if name in known:
             return known[name]
-        allowed = ", ".join(sorted({dtype_id(d) for d in known.values()}))
+        allowed = ", ".join(
+            sorted({dtype_id(d) for d in known.values() if d.is_floating_point or d.is_complex or d in _INTEGRAL})
+        )
         raise ValueError(f"unknown dtype {value!r}; allowed: torch dtypes or their names ({allowed})")
     raise ValueError(f"expected a torch.dtype or its name, got {type(value).__name__} {value!r}")
 

@@ -24,10 +24,11 @@ __all__ = ["CustomOpSpec", "MarkerError", "parse_marker"]
 class MarkerError(ValueError):
     """A bad marker argument; the message is complete except for the test's node id."""
 
-    def __init__(self, argument: str, given: Any, allowed: str) -> None:
+    def __init__(self, argument: str, given: Any, allowed: str = "", *, problem: str = "") -> None:
         self.argument = argument
         given_text = given if isinstance(given, str) and given.startswith("<") else repr(given)
-        super().__init__(f"customop marker argument {argument!r}: got {given_text}; allowed: {allowed}")
+        detail = problem or f"allowed: {allowed}"
+        super().__init__(f"customop marker argument {argument!r}: got {given_text}; {detail}")
 
 
 @dataclass
@@ -153,7 +154,7 @@ def parse_marker(
     try:
         op = resolve_op(op_value)
     except OpResolutionError as exc:
-        raise MarkerError("op", op_value, str(exc).replace(f"op={op_value!r}", "an op registered with torch", 1)) from None
+        raise MarkerError("op", op_value, problem=str(exc).replace(f"op={op_value!r}: ", "", 1)) from None
 
     samples = kwargs.get("samples")
     if samples is None and requires_samples:

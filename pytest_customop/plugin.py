@@ -179,6 +179,7 @@ def customop(request: pytest.FixtureRequest, _customop_case: Any) -> Any:
         settings,
         seed,
         repro,
+        nodeid=request.node.nodeid,
         fail=lambda message: pytest.fail(message, pytrace=False),
         skip=lambda reason: pytest.skip(reason),
         on_result=remember,

@@ -10,7 +10,7 @@ from typing import Any, Callable, NoReturn, Optional
 import torch
 
 from .cases import Case
-from .checks.base import CheckContext, CheckResult, Outcome
+from .checks.base import CheckContext, CheckResult, Outcome, format_user_traceback
 from .checks.registry import CheckRegistry
 from .dtypes import dtype_id
 from .options import Settings
@@ -57,6 +57,7 @@ class CustomOpUnderTest:
         seed: int,
         repro: str,
         *,
+        nodeid: str = "",
         fail: Callable[[str], NoReturn],
         skip: Callable[[str], NoReturn],
         on_result: Callable[[CheckResult], None] = lambda result: None,
@@ -64,6 +65,7 @@ class CustomOpUnderTest:
         self.case = case
         self.seed = seed
         self.repro = repro
+        self.nodeid = nodeid
         self._registry = registry
         self._settings = settings
         self._fail = fail
@@ -114,10 +116,15 @@ class CustomOpUnderTest:
             if self.spec.samples is None:
                 self._fail(f"{self.op.name}: the marker gives no samples=")
             torch.manual_seed(self.seed)
+            problem = None
             try:
                 self._samples[key] = collect_samples(self.spec.samples, self.device, key[0], requires_grad)
             except SamplesError as exc:
-                self._fail(f"{self.op.name} on {self.device} {dtype_id(key[0])}: {exc}\n  reproduce: {self.repro}")
+                problem = str(exc)
+                if exc.__cause__ is not None:
+                    problem += "\n" + format_user_traceback(exc.__cause__).split("\n", 1)[-1]
+            if problem is not None:  # failed outside the except block: no chained traceback
+                self._fail(f"{self.nodeid}: customop marker argument 'samples': {problem}\n  reproduce: {self.repro}")
         return [sample.map(_copy_tensor) for sample in self._samples[key]]
 
     # -- checks ---------------------------------------------------------------------------------
