@@ -173,6 +173,14 @@ def customop(request: pytest.FixtureRequest, _customop_case: Any) -> Any:
     def remember(result: Any) -> None:
         request.node.stash[result_key] = result
 
+    def fail(message: str) -> None:
+        __tracebackhide__ = True  # failures and skips point at the test, not at the plugin
+        pytest.fail(message, pytrace=False)
+
+    def skip(reason: str) -> None:
+        __tracebackhide__ = True
+        pytest.skip(reason)
+
     return CustomOpUnderTest(
         _customop_case,
         _registry(config),
@@ -180,8 +188,8 @@ def customop(request: pytest.FixtureRequest, _customop_case: Any) -> Any:
         seed,
         repro,
         nodeid=request.node.nodeid,
-        fail=lambda message: pytest.fail(message, pytrace=False),
-        skip=lambda reason: pytest.skip(reason),
+        fail=fail,
+        skip=skip,
         on_result=remember,
     )
 

@@ -142,6 +142,8 @@ def _gradient_grad_outputs(
     fn = call.function(mask)
 
     def first_derivative(*args: torch.Tensor) -> tuple:
+        # Finite differences call this with plain tensors: the inner backward still needs a graph.
+        args = tuple(a if a.requires_grad else a.detach().requires_grad_(True) for a in args)
         xs, ws = args[:count], args[count:]
         with torch.enable_grad():
             outs = fn(*xs)
@@ -218,6 +220,15 @@ class _GradientCheck(Check):
                     "forward detaches its result",
                 )
             ]
+        if self.order == 2:
+            try:
+                first = _first_derivatives_with_graph(call, leaves, mask, ctx.generator(index))
+            except Exception as exc:
+                if refuses_double_backward(exc):
+                    raise _Refused(_first_lines(str(exc), 1)) from None
+                return [Finding(index, f"backward raised {format_user_traceback(exc)}")]
+            if _once_differentiable(first):
+                raise _Refused("its backward is marked @once_differentiable")
         if is_reference_precision(ctx.dtype):
             return self._against_finite_differences(ctx, call, leaves, outputs, mask, index, notes)
         return self._against_reference_dtype(ctx, call, mask, index)
@@ -295,9 +306,9 @@ class _GradientCheck(Check):
                 problems = _Diagnosis(ctx, eps, tol).run(fn, [*leaves, *weights], labels, "second derivative", salt=index)
         except Exception as exc:  # the diagnosis itself hit the bug: report torch's finding
             problems = []
-            torch_says = f"{_first_lines(str(error))} (diagnosis failed: {type(exc).__name__}: {exc})"
+            torch_says = f"{_first_lines(str(error), 1)} (diagnosis failed: {type(exc).__name__}: {exc})"
         else:
-            torch_says = _first_lines(str(error))
+            torch_says = _first_lines(str(error), 1)
         why = []
         if self.order == 2:
             detached = _detached_gradients(call, leaves, mask, ctx.generator(index))
@@ -388,17 +399,30 @@ class _Refused(Exception):
     """A backward refused to be differentiated (raised out of one sample's second-order check)."""
 
 
+def _first_derivatives_with_graph(
+    call: OpCall, leaves: list[torch.Tensor], mask: Sequence[bool], generator: torch.Generator
+) -> list[Optional[torch.Tensor]]:
+    """First derivatives computed with ``create_graph=True`` and grad_outputs that require grad."""
+    with torch.enable_grad():
+        fresh = [t.detach().requires_grad_(True) for t in leaves]
+        outputs = call.function(mask)(*fresh)
+        weights = [random_like(o, generator).requires_grad_(True) for o in outputs]
+        return vjp(outputs, fresh, weights, create_graph=True)
+
+
+def _once_differentiable(grads: Sequence[Optional[torch.Tensor]]) -> bool:
+    # @once_differentiable hangs a DelayedError node ("Error") on what its backward returns; torch
+    # 2.13 does not always raise from it, and gradgradcheck then sees zeros instead of a refusal.
+    return any(g is not None and type(g.grad_fn).__name__ in ("Error", "DelayedError") for g in grads)
+
+
 def _detached_gradients(
     call: OpCall, leaves: list[torch.Tensor], mask: Sequence[bool], generator: torch.Generator
 ) -> list[str]:
     """Labels of inputs whose first derivative comes back without a graph though the grad_outputs
     require grad: a backward that detached what it computed."""
     try:
-        with torch.enable_grad():
-            fresh = [t.detach().requires_grad_(True) for t in leaves]
-            outputs = call.function(mask)(*fresh)
-            weights = [random_like(o, generator).requires_grad_(True) for o in outputs]
-            grads = vjp(outputs, fresh, weights, create_graph=True)
+        grads = _first_derivatives_with_graph(call, leaves, mask, generator)
     except Exception:
         return []
     return [s.label for s, g in zip(call.slots, grads) if g is not None and not g.requires_grad]
