@@ -154,7 +154,7 @@ def parse_marker(
     try:
         op = resolve_op(op_value)
     except OpResolutionError as exc:
-        raise MarkerError("op", op_value, problem=str(exc).replace(f"op={op_value!r}: ", "", 1)) from None
+        raise MarkerError("op", op_value, problem=str(exc)) from None
 
     samples = kwargs.get("samples")
     if samples is None and requires_samples:

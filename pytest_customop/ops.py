@@ -218,20 +218,20 @@ def _custom_op_defs() -> dict[str, Any]:
     return OPDEFS
 
 
-def _pick_overload(packet: Any, qualname: str, given: str) -> str:
+def _pick_overload(packet: Any, qualname: str) -> str:
     overloads = list(packet.overloads())
     if "default" in overloads:
         return "default"
     if len(overloads) == 1:
         return overloads[0]
     choices = ", ".join(f"'{qualname}.{o}'" for o in sorted(overloads))
-    raise OpResolutionError(f"{given} is ambiguous: {qualname} has overloads {choices}; name one")
+    raise OpResolutionError(f"{qualname} is ambiguous: it has overloads {choices}; name one")
 
 
-def _resolve_qualname(text: str, given: str) -> ResolvedOp:
+def _resolve_qualname(text: str) -> ResolvedOp:
     if "::" not in text:
         raise OpResolutionError(
-            f"{given} is not an op name; expected 'namespace::name' or 'namespace::name.overload'"
+            f"{text!r} is not an op name; expected 'namespace::name' or 'namespace::name.overload'"
         )
     namespace, rest = text.split("::", 1)
     name, _, overload_name = rest.partition(".")
@@ -240,18 +240,18 @@ def _resolve_qualname(text: str, given: str) -> ResolvedOp:
     if qualname not in known:
         if not known:
             raise OpResolutionError(
-                f"{given}: namespace {namespace!r} has no registered ops (is the library that defines "
+                f"namespace {namespace!r} has no registered ops (is the library that defines "
                 "it imported, or loaded with torch.ops.load_library, before collection?)"
             )
         close = difflib.get_close_matches(qualname, known, n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise OpResolutionError(f"{given}: no op {qualname!r} is registered{hint}")
+        raise OpResolutionError(f"no op {qualname!r} is registered{hint}")
     packet = getattr(getattr(torch.ops, namespace), name)
     if not overload_name:
-        overload_name = _pick_overload(packet, qualname, given)
+        overload_name = _pick_overload(packet, qualname)
     elif overload_name not in packet.overloads():
         allowed = ", ".join(repr(o) for o in sorted(packet.overloads()))
-        raise OpResolutionError(f"{given}: {qualname} has no overload {overload_name!r}; it has {allowed}")
+        raise OpResolutionError(f"{qualname} has no overload {overload_name!r}; it has {allowed}")
     overload = getattr(packet, overload_name)
     return ResolvedOp(
         overload=overload,
@@ -264,28 +264,27 @@ def _resolve_qualname(text: str, given: str) -> ResolvedOp:
 
 def resolve_op(op: Any) -> ResolvedOp:
     """Resolve the marker's ``op`` argument. Raises :class:`OpResolutionError` with a readable reason."""
-    given = f"op={op!r}"
     if isinstance(op, str):
-        return _resolve_qualname(op.strip(), given)
+        return _resolve_qualname(op.strip())
     if isinstance(op, torch._ops.OpOverload):
         ns, name = op._schema.name.split("::", 1)
-        return _resolve_qualname(f"{ns}::{name}.{op._overloadname}", given)
+        return _resolve_qualname(f"{ns}::{name}.{op._overloadname}")
     if isinstance(op, torch._ops.OpOverloadPacket):
-        return _resolve_qualname(op._qualified_op_name, given)
+        return _resolve_qualname(op._qualified_op_name)
     opoverload = getattr(op, "_opoverload", None)  # CustomOpDef
     if isinstance(opoverload, torch._ops.OpOverload):
         return resolve_op(opoverload)
     legacy_qualname = getattr(op, "_qualname", None)  # torch._custom_op.impl.CustomOp
     if isinstance(legacy_qualname, str) and "::" in legacy_qualname:
-        return _resolve_qualname(legacy_qualname, given)
+        return _resolve_qualname(legacy_qualname)
     if callable(op) and hasattr(op, "__name__"):
         # The stub function decorated by torch._custom_ops.custom_op keeps no link to its op: match it
         # by name among the legacy ops, when that is unambiguous.
         matches = [q for q, c in _legacy_registry().items() if q.split("::")[-1] == op.__name__]
         if len(matches) == 1:
-            return _resolve_qualname(matches[0], given)
+            return _resolve_qualname(matches[0])
     raise OpResolutionError(
-        f"{given} ({type(op).__name__}) is not an op; allowed: a qualname string ('mylib::mul' or "
+        f"{op!r} ({type(op).__name__}) is not an op; allowed: a qualname string ('mylib::mul' or "
         "'mylib::mul.default'), an OpOverload, an OpOverloadPacket, a torch.library.custom_op object, "
         "or a legacy torch._custom_op op"
     )
