@@ -109,14 +109,15 @@ class InputDescription:
         return self.arg.name
 
     def what(self) -> str:
-        """How the input is described in messages: ``'alpha' (float)``."""
+        """How the input is described in messages: ``'alpha' (float)``, ``'xs' (Tensor[] of 2)``."""
+        type_name = self.arg.kind.value if self.arg.kind.is_tensor_like else self.arg.type
         if self.elements is not None:
-            return f"'{self.name}' ({self.arg.type} of {len(self.elements)})"
+            return f"'{self.name}' ({type_name} of {len(self.elements)})"
         if self.tensor is None:
             if self.value_type == "NoneType":
-                return f"'{self.name}' ({self.arg.type}, passed None)"
-            return f"'{self.name}' ({self.arg.type})"
-        return f"'{self.name}' ({self.arg.type})"
+                return f"'{self.name}' ({type_name}, passed None)"
+            return f"'{self.name}' ({type_name})"
+        return f"'{self.name}' ({type_name})"
 
 
 def describe_inputs(arguments: Sequence[ArgInfo], bound: Mapping[str, Any]) -> dict[str, InputDescription]:
@@ -640,6 +641,7 @@ class GradientCheckingKernel:
             return call.flatten_outputs(result)
 
         def backward(ctx: Any, *flat_grads: Any) -> Any:
+            __tracebackhide__ = True  # a failure shows the validation message, not the kernel's frames
             call: _Call = ctx._customop_call
             return kernel._backward(ctx, call, flat_grads)
 
@@ -660,6 +662,7 @@ class GradientCheckingKernel:
                 ctx.mark_non_differentiable(*frozen)
 
     def _backward(self, ctx: Any, call: _Call, flat_grads: Sequence[Any]) -> tuple:
+        __tracebackhide__ = True
         op_name, source = self.op.name, self.source
         grads = call.unflatten(flat_grads)
         grad_labels = [(f"grad_output[{k}]", g) for k, g in enumerate(flat_grads)]
