@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 import torch
 
 from .dtypes import dtype_id
-from .ops import ArgInfo, ArgKind, RegistrationStyle, ResolvedOp
+from .ops import ArgInfo, RegistrationStyle, ResolvedOp
 from .samples import SampleInput
 
 __all__ = [
@@ -742,10 +742,23 @@ def kernel_for(op: ResolvedOp, probe: Optional[Mapping[str, Any]] = None, cache:
 def call_through_kernel(op: ResolvedOp, args: tuple, kwargs: Mapping[str, Any], cache: Optional[dict] = None) -> Any:
     """Call ``op(*args, **kwargs)``; when something requires grad, through its :class:`GradientCheckingKernel`
     so that a later backward is validated."""
-    if not torch.is_grad_enabled() or not _any_requires_grad([*args, *kwargs.values()]):
+    if not torch.is_grad_enabled() or not _any_requires_grad([*args, *kwargs.values()]) or _transforming():
         return op(*args, **kwargs)
     try:
         bound = op.bind(SampleInput(*args, **kwargs))
     except TypeError:
         return op(*args, **kwargs)  # torch's own error for a call that does not fit the schema
     return kernel_for(op, bound, cache).call_bound(bound)
+
+
+def _transforming() -> bool:
+    """True under torch.func transforms or torch.compile tracing, which need an ``autograd.Function``
+    with ``setup_context`` / a traceable one: there the op is called as registered."""
+    compiler = getattr(torch, "compiler", None)
+    if compiler is not None and getattr(compiler, "is_compiling", lambda: False)():
+        return True
+    try:
+        from torch._C._functorch import peek_interpreter_stack
+    except ImportError:
+        return False
+    return peek_interpreter_stack() is not None
