@@ -44,7 +44,9 @@ __all__ = [
     "find_backward",
     "kernel_for",
     "positional_to_dict",
+    "save_pytree",
     "tensor_problems",
+    "unpack_pytree",
     "validate_dict_keys",
     "validate_gradients",
 ]

@@ -379,11 +379,12 @@ def test_scale(customop):
     ])
 
 
-def test_wrong_length_list_for_tensor_list_input(pytester, ns, run):
+def test_wrong_length_list_for_tensor_list_input_of_a_library_op(pytester, ns, run):
     write(pytester, ns, '''
-@torch.library.custom_op(f"{NS}::total", mutates_args=())
-def total(xs: List[Tensor], weight: float) -> Tensor:
-    return sum(xs) * weight
+# Library.define + register_autograd: the backward is found through the kernel torch generated
+lib = torch.library.Library(NS, "FRAGMENT")
+lib.define("total(Tensor[] xs, float weight) -> Tensor")
+lib.impl("total", lambda xs, weight: sum(xs) * weight, "CompositeExplicitAutograd")
 
 def setup(ctx, inputs, output):
     ctx.weight = inputs[1]
@@ -391,7 +392,7 @@ def setup(ctx, inputs, output):
 def wrong(ctx, g):
     return [g * ctx.weight], None
 
-total.register_autograd(wrong, setup_context=setup)
+torch.library.register_autograd(f"{NS}::total", wrong, setup_context=setup, lib=lib)
 
 def lists(device, dtype, requires_grad):
     yield SampleInput([torch.randn(3, dtype=dtype, requires_grad=requires_grad) for _ in range(2)], 2.0)
