@@ -2,7 +2,7 @@
 
 Public API (imported lazily, so that loading the plugin does not import torch)::
 
-    from pytest_customop import SampleInput, XFail, Skip, Check, CheckResult
+    from pytest_customop import SampleInput, XFail, Skip, Check, CheckResult, register_dict_backward
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ _EXPORTS = {
     "CheckResult": "pytest_customop.checks.base",
     "Finding": "pytest_customop.checks.base",
     "Tolerance": "pytest_customop.dtypes",
+    "register_dict_backward": "pytest_customop.legacy",
 }
 
 __all__ = ["__version__", *_EXPORTS]

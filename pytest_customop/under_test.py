@@ -104,8 +104,11 @@ class CustomOpUnderTest:
         return f"<customop {self.op.name} on {self.device} {dtype_id(self.dtype)}, check {self.check_name}>"
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        """Call the op under test."""
-        return self.op(*args, **kwargs)
+        """Call the op under test, through the plugin's autograd kernel when an input requires grad, so
+        that a later backward has its gradients validated by input name (see the ``grad_keys`` check)."""
+        from .kernel import call_through_kernel
+
+        return call_through_kernel(self.op, args, kwargs, self._cache)
 
     # -- samples --------------------------------------------------------------------------------
     def samples(self, requires_grad: bool = True, dtype: Optional[torch.dtype] = None) -> list[SampleInput]:

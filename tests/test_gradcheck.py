@@ -53,7 +53,7 @@ def test_correct_op_passes_every_dtype_and_both_checks(pytester, ns, run):
     write(pytester, ns, CORRECT_MUL + '''
 make_op("mul", mul, mul_backward)
 
-@pytest.mark.customop(f"{NS}::mul", samples=two_inputs, devices=["cpu"],
+@pytest.mark.customop(f"{NS}::mul", samples=two_inputs, devices=["cpu"], checks=["gradcheck", "gradgradcheck"],
                       dtypes=[torch.float64, torch.complex128, torch.float32, torch.complex64,
                               torch.float16, torch.bfloat16])
 def test_mul(customop):
@@ -166,7 +166,7 @@ def detaching(ctx, grad):
 
 make_op("square", square, detaching)
 
-@pytest.mark.customop(f"{NS}::square", samples=one_input, devices=["cpu"], dtypes=[torch.float64])
+@pytest.mark.customop(f"{NS}::square", samples=one_input, devices=["cpu"], checks=["gradcheck", "gradgradcheck"], dtypes=[torch.float64])
 def test_square(customop):
     customop.check()
 ''')
@@ -252,7 +252,7 @@ make_op("sin", sin, sin_backward)
 
 def test_explicit_double_backward_refusal_is_a_skip_with_the_reason(pytester, ns, run):
     write(pytester, ns, EXPLICIT_REFUSAL + '''
-@pytest.mark.customop(f"{NS}::sin", samples=one_input, devices=["cpu"], dtypes=[torch.float64, torch.float32])
+@pytest.mark.customop(f"{NS}::sin", samples=one_input, devices=["cpu"], checks=["gradcheck", "gradgradcheck"], dtypes=[torch.float64, torch.float32])
 def test_sin(customop):
     customop.check()
 ''')
@@ -265,7 +265,7 @@ def test_sin(customop):
 
 def test_refusal_fails_when_the_marker_claims_support(pytester, ns, run):
     write(pytester, ns, EXPLICIT_REFUSAL + '''
-@pytest.mark.customop(f"{NS}::sin", samples=one_input, devices=["cpu"], dtypes=[torch.float64],
+@pytest.mark.customop(f"{NS}::sin", samples=one_input, devices=["cpu"], checks=["gradcheck", "gradgradcheck"], dtypes=[torch.float64],
                       supports_gradgrad=True)
 def test_sin(customop):
     customop.check()
@@ -277,7 +277,7 @@ def test_sin(customop):
 
 def test_supports_gradgrad_false_skips_at_collection(pytester, ns, run):
     write(pytester, ns, EXPLICIT_REFUSAL + '''
-@pytest.mark.customop(f"{NS}::sin", samples=one_input, devices=["cpu"], dtypes=[torch.float64],
+@pytest.mark.customop(f"{NS}::sin", samples=one_input, devices=["cpu"], checks=["gradcheck", "gradgradcheck"], dtypes=[torch.float64],
                       supports_gradgrad=False)
 def test_sin(customop):
     customop.check()
@@ -307,7 +307,7 @@ lib = torch.library.Library(NS, "FRAGMENT")
 lib.define("sin(Tensor x) -> Tensor")
 lib.impl("sin", Sin.apply, "CompositeImplicitAutograd")
 
-@pytest.mark.customop(f"{NS}::sin", samples=one_input, devices=["cpu"], dtypes=[torch.float64])
+@pytest.mark.customop(f"{NS}::sin", samples=one_input, devices=["cpu"], checks=["gradcheck", "gradgradcheck"], dtypes=[torch.float64])
 def test_sin(customop):
     customop.check()
 ''')
@@ -331,7 +331,7 @@ def sin_backward(ctx, grad):
 
 make_op("sin", sin, sin_backward)
 
-@pytest.mark.customop(f"{NS}::sin", samples=one_input, devices=["cpu"], dtypes=[torch.float64])
+@pytest.mark.customop(f"{NS}::sin", samples=one_input, devices=["cpu"], checks=["gradcheck", "gradgradcheck"], dtypes=[torch.float64])
 def test_sin(customop):
     customop.check()
 '''.replace("{ns}", ns))
@@ -403,7 +403,7 @@ def samples(device, dtype, requires_grad):
     make = lambda *s: torch.randn(*s, device=device, dtype=dtype, requires_grad=requires_grad)
     yield SampleInput([make(2, 3), make(4)], make(()))
 
-@pytest.mark.customop(scale_all, samples=samples, devices=["cpu"], dtypes=[torch.float64, torch.float32])
+@pytest.mark.customop(scale_all, samples=samples, devices=["cpu"], checks=["gradcheck", "gradgradcheck"], dtypes=[torch.float64, torch.float32])
 def test_scale_all(customop):
     customop.check()
 ''')
@@ -497,7 +497,7 @@ def opinfo_samples(device, dtype, requires_grad):
     make = lambda *s: torch.randn(*s, device=device, dtype=dtype, requires_grad=requires_grad)
     yield OpInfoSampleInput(make(3), args=(make(3),))
 
-@pytest.mark.customop(f"{NS}::mul", samples=opinfo_samples, devices=["cpu"], dtypes=[torch.float64])
+@pytest.mark.customop(f"{NS}::mul", samples=opinfo_samples, devices=["cpu"], checks=["gradcheck", "gradgradcheck"], dtypes=[torch.float64])
 def test_mul(customop):
     customop.check()
 ''')

@@ -8,7 +8,9 @@ hookimpl = HookimplMarker("pytest")
 @hookimpl(tryfirst=True)
 def pytest_customop_register_checks(registry):
     # Imported here, not at module level: this module is loaded by `pytest --help`, torch is not.
+    from .grad_keys import GradKeysCheck
     from .gradcheck import GradCheck, GradGradCheck
 
     registry.register(GradCheck())
     registry.register(GradGradCheck())
+    registry.register(GradKeysCheck())

@@ -1,0 +1,113 @@
+"""``grad_keys``: the op's backward returns exactly one correctly shaped, typed and placed gradient per
+input, keyed by input name, and modifies neither its grad_outputs nor the tensors it saved.
+
+Each sample runs through the plugin's own autograd kernel (:mod:`pytest_customop.kernel`) with a random
+grad_output; the kernel validates the backward's result before the autograd engine can silently sum,
+cast or drop it. Where the backward is opaque to Python (a C++ autograd kernel,
+``CompositeImplicitAutograd``), the gradients that reach each input are validated instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..differentiation import OpCall, flatten_outputs, random_like
+from ..dtypes import dtype_id, is_differentiable_dtype
+from ..kernel import GradientValidationError, TensorMeta, tensor_problems, kernel_for
+from .base import Check, CheckContext, CheckResult, Finding, format_user_traceback
+
+__all__ = ["GradKeysCheck"]
+
+
+class GradKeysCheck(Check):
+    """Validate what the op's backward returns, by input name, on every sample."""
+
+    name = "grad_keys"
+    description = (
+        "backward returns one gradient (or None) per input, keyed by name, with the input's shape, dtype, "
+        "device and layout, and modifies neither grad_output nor what it saved"
+    )
+
+    def run(self, ctx: CheckContext) -> CheckResult:
+        if not is_differentiable_dtype(ctx.dtype):
+            return ctx.skipped(f"{dtype_id(ctx.dtype)} tensors cannot require grad: nothing to differentiate")
+        samples = ctx.samples(requires_grad=True)
+        findings: list[Finding] = []
+        notes: list[str] = []
+        checked = 0
+        kernel = None
+        for index, sample in enumerate(samples):
+            try:
+                call = OpCall(ctx.op, sample)
+            except TypeError as exc:
+                findings.append(Finding(index, f"the sample does not fit the schema: {exc}"))
+                continue
+            if not call.slots:
+                continue
+            leaves = call.leaves()
+            bound = call.substitute(leaves)
+            if kernel is None:
+                try:
+                    kernel = kernel_for(ctx.op, bound, ctx.cache)
+                except Exception as exc:
+                    return ctx.failed([Finding(index, f"forward raised {format_user_traceback(exc)}")], total=len(samples))
+                source = kernel.source
+                if source.style == "none":
+                    return ctx.failed([Finding(None, f"{source.detail}: its gradients cannot be validated")], total=len(samples))
+                if source.is_python:
+                    notes.append(f"backward: {source.describe()}")
+                else:
+                    notes.append(
+                        f"backward is opaque to Python ({source.detail}): validated the gradients that reach "
+                        "each input, by name"
+                    )
+            problems = self._check_sample(ctx, kernel, call, leaves, bound, index)
+            checked += 1
+            findings.extend(problems)
+        if findings:
+            return ctx.failed(findings, total=len(samples), checked=checked, notes=notes)
+        if checked == 0:
+            return ctx.skipped(
+                f"no sample has an input that requires grad at {dtype_id(ctx.dtype)} "
+                "(samples(device, dtype, requires_grad=True) should make floating inputs require grad)",
+                total=len(samples),
+            )
+        return ctx.passed(checked, len(samples), notes=notes)
+
+    def _check_sample(
+        self, ctx: CheckContext, kernel: Any, call: OpCall, leaves: list[torch.Tensor], bound: dict, index: int
+    ) -> list[Finding]:
+        try:
+            with torch.enable_grad():
+                outputs = flatten_outputs(kernel.call_bound(bound))
+        except Exception as exc:
+            return [Finding(index, f"forward raised {format_user_traceback(exc)}")]
+        live = [o for o in outputs if isinstance(o, torch.Tensor) and o.requires_grad]
+        if not live:
+            inputs = ", ".join(s.label for s in call.slots)
+            return [Finding(
+                index,
+                f"no output of {ctx.op.name} requires grad although input(s) {inputs} do: the op has no autograd "
+                "formula (register one with torch.library.register_autograd) or its forward detaches its result",
+            )]
+        generator = ctx.generator(index)
+        weights = [random_like(o, generator) for o in live]
+        try:
+            grads = torch.autograd.grad(live, leaves, weights, allow_unused=True)
+        except GradientValidationError as error:
+            return [Finding(index, p.message, input_name=p.input_name) for p in error.problems]
+        except Exception as exc:
+            return [Finding(index, f"backward raised {format_user_traceback(exc)}")]
+        if kernel.source.is_python:
+            return []
+        # Opaque backward: what reaches each input, by name.
+        findings = []
+        for slot, leaf, grad in zip(call.slots, leaves, grads):
+            if grad is None:
+                continue
+            for problem in tensor_problems(ctx.op.name, slot.label, grad, TensorMeta.of(leaf)):
+                findings.append(Finding(index, problem.message, input_name=slot.name))
+        return findings
+
