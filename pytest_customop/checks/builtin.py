@@ -12,3 +12,15 @@ def pytest_customop_register_checks(registry):
 
     registry.register(GradCheck())
     registry.register(GradGradCheck())
+    from .opcheck import OpCheck
+
+    registry.register(OpCheck())
+    from .compile import CompileCheck
+
+    registry.register(CompileCheck())
+    from .requires_grad_subsets import RequiresGradSubsetsCheck
+
+    registry.register(RequiresGradSubsetsCheck())
+    from .edge_shapes import EdgeShapesCheck
+
+    registry.register(EdgeShapesCheck())
