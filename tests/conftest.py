@@ -6,8 +6,23 @@ import itertools
 import os
 
 import pytest
+from _pytest import pytester as _pytester
 
 _counter = itertools.count()
+
+# pytester restores sys.modules after every test that uses it, so a module first imported inside an
+# in-process run is imported again by the next one. torch cannot be imported twice in one process
+# (its C++ state keeps pointing at the first copy: a segfault at the next garbage collection), so
+# torch and what it brings stay imported for the whole session.
+_KEEP_IMPORTED = ("torch", "functorch", "sympy", "mpmath", "numpy", "pytest_customop", "triton")
+
+
+class _SysModulesSnapshotKeepingTorch(_pytester.SysModulesSnapshot):
+    def __init__(self, preserve=None) -> None:
+        super().__init__(preserve=lambda name: name.startswith(_KEEP_IMPORTED) or bool(preserve and preserve(name)))
+
+
+_pytester.SysModulesSnapshot = _SysModulesSnapshotKeepingTorch
 
 
 @pytest.fixture
@@ -17,11 +32,25 @@ def ns() -> str:
     return f"cot{os.getpid()}_{next(_counter)}"
 
 
+class _KeepModulesAlive:
+    """pytester restores ``sys.modules`` after an in-process run, and the test modules it imported
+    would then be freed with the torch Library objects they hold, deregistering kernels torch still
+    points at (a segfault later in the process). Keeping the modules referenced avoids that."""
+
+    modules: list = []
+
+    @pytest.hookimpl
+    def pytest_collection_modifyitems(self, items):
+        self.modules.extend({id(i.module): i.module for i in items if getattr(i, "module", None)}.values())
+
+
 @pytest.fixture
 def run(pytester: pytest.Pytester):
     """Run pytest in-process over the files written to ``pytester``, with a fixed seed."""
 
     def run_pytest(*args: str) -> pytest.RunResult:
-        return pytester.runpytest("-p", "no:cacheprovider", "--customop-seed=1234", *args)
+        return pytester.runpytest(
+            "-p", "no:cacheprovider", "--customop-seed=1234", *args, plugins=[_KeepModulesAlive()]
+        )
 
     return run_pytest
