@@ -182,9 +182,9 @@ class EdgeShapesCheck(Check):
                 checked += 1
             else:
                 rejected.append(outcome)
-        notes = [f"{checked} of {len(derived)} derived sample(s) checked"]
+        notes = [f"{len(derived)} derived sample(s): {checked} right, {len(findings)} wrong, {len(rejected)} skipped"]
         if rejected:
-            notes.append(f"{len(rejected)} skipped, e.g. {rejected[0]}")
+            notes.append(f"skipped, e.g. {rejected[0]}")
         if findings:
             return ctx.failed(findings, total=len(samples), checked=checked, notes=notes)
         if checked == 0:
