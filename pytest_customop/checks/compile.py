@@ -18,6 +18,7 @@ import contextlib
 import logging
 import time
 import warnings
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
 
 import torch
@@ -74,13 +75,14 @@ def _differentiable(t: Any) -> bool:
     return isinstance(t, torch.Tensor) and t.requires_grad
 
 
+@dataclass
 class _Run:
-    """One sample run through a callable: outputs, tensor inputs after the call, gradients."""
+    """One sample run through a callable: outputs, tensor inputs after the call, gradients (None
+    when no output requires grad)."""
 
-    def __init__(self, outputs: list[Any], inputs_after: dict[str, Any], grads: Optional[list[Optional[torch.Tensor]]]):
-        self.outputs = outputs
-        self.inputs_after = inputs_after
-        self.grads = grads
+    outputs: list[Any]
+    inputs_after: dict[str, Any]
+    grads: Optional[list[Optional[torch.Tensor]]]
 
 
 def _detached(value: Any) -> Any:
@@ -122,7 +124,7 @@ class CompileCheck(Check):
     def not_applicable(self, op: Any, spec: Any) -> Optional[str]:
         if not any(a.kind.is_tensor_like for a in op.arguments):
             return f"{op.name} takes no tensor argument"
-        return _dynamo_unsupported_reason()
+        return None  # whether dynamo runs here is asked in run(): importing it takes seconds
 
     def run(self, ctx: CheckContext) -> CheckResult:
         global _warmed_up
@@ -146,6 +148,8 @@ class CompileCheck(Check):
             torch._dynamo.reset()
             compiled = torch.compile(_call_op, backend=backend, fullgraph=fullgraph, dynamic=dynamic)
             for index, sample in enumerate(samples):
+                if index in failed_samples:
+                    continue  # a later backend traces through dynamo too: it would repeat the finding
                 problem = self._compare(ctx, compiled, backend, index, sample)
                 if problem is not None:
                     findings.append(problem)
