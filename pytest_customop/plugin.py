@@ -72,6 +72,13 @@ class _XdistHooks:
         node.workerinput["customop_seed"] = node.config.stash[settings_key].seed
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # Names given to --customop-checks / customop_checks are validated before collection, so a typo is
+    # a usage error; without them torch stays unimported until a customop marker is collected.
+    if session.config.stash[settings_key].checks:
+        _registry(session.config)
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     settings = config.stash[settings_key]
     return f"customop: seed={settings.seed} (--customop-seed={settings.seed} repeats this run)"

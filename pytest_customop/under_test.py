@@ -158,7 +158,8 @@ class CustomOpUnderTest:
         result = self.run_check(name)
         self._on_result(result)
         if result.outcome is Outcome.FAILED:
-            samples = self._samples.get((self.dtype, True), [])
+            # the samples the check used: with requires_grad, or without when it asked for those only
+            samples = self._samples.get((self.dtype, True)) or self._samples.get((self.dtype, False), [])
             self._fail(render_failure(self.op.name, self.device, self.dtype, result, samples, self.repro))
         if result.outcome is Outcome.SKIPPED:
             self._skip(result.reason)

@@ -8,9 +8,29 @@ hookimpl = HookimplMarker("pytest")
 @hookimpl(tryfirst=True)
 def pytest_customop_register_checks(registry):
     # Imported here, not at module level: this module is loaded by `pytest --help`, torch is not.
+    from .batched_grad import BatchedGradCheck
+    from .compile import CompileCheck
+    from .edge_shapes import EdgeShapesCheck
+    from .forward_ad import ForwardADCheck
     from .grad_keys import GradKeysCheck
     from .gradcheck import GradCheck, GradGradCheck
+    from .noncontiguous import NoncontiguousCheck
+    from .nondeterminism import NondeterminismCheck
+    from .opcheck import OpCheck
+    from .requires_grad_subsets import RequiresGradSubsetsCheck
 
-    registry.register(GradCheck())
-    registry.register(GradGradCheck())
-    registry.register(GradKeysCheck())
+    # Registration order is the order of each op's items and of the report's rows.
+    for check in (
+        GradCheck(),
+        GradGradCheck(),
+        GradKeysCheck(),
+        ForwardADCheck(),
+        BatchedGradCheck(),
+        NoncontiguousCheck(),
+        NondeterminismCheck(),
+        RequiresGradSubsetsCheck(),
+        EdgeShapesCheck(),
+        OpCheck(),
+        CompileCheck(),
+    ):
+        registry.register(check)

@@ -1,0 +1,192 @@
+"""The ``opcheck`` and ``compile`` checks: wrong registrations are caught, correct ops pass."""
+
+from __future__ import annotations
+
+from customop_sources import CORRECT_OPS, HEADER, write
+
+
+# -- opcheck ----------------------------------------------------------------------------------------
+def test_opcheck_passes_a_correct_op_and_reports_each_sub_test(pytester, ns, run):
+    write(pytester, ns, '''
+        mul = define_mul("mul", lambda x, y: torch.empty_like(x * y))
+
+        @pytest.mark.customop(mul, samples=pair, checks=["opcheck"], dtypes=[torch.float64], devices=["cpu"])
+        def test_mul(customop):
+            result = customop.check()
+            print("NOTES:", " | ".join(result.notes))
+    ''')
+    result = run("-s")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([
+        "*NOTES:*test_schema: passed on 2 sample(s)*test_autograd_registration: passed on 2 sample(s)"
+        "*test_faketensor: passed on 2 sample(s)*test_aot_dispatch_dynamic: passed on 2 sample(s)*",
+    ])
+
+
+def test_opcheck_catches_a_wrong_fake_kernel_naming_the_sub_test_and_sample(pytester, ns, run):
+    write(pytester, ns, '''
+        # The fake kernel drops the last dimension: compiled code would get the wrong shape.
+        mul = define_mul("bad_fake", lambda x, y: x.new_empty(x.shape[:-1]))
+
+        @pytest.mark.customop(mul, samples=pair, checks=["opcheck"], dtypes=[torch.float64], devices=["cpu"])
+        def test_mul(customop):
+            customop.check()
+    ''')
+    result = run()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([
+        f"*{ns}::bad_fake opcheck failed on cpu float64: 2 of 2 sample(s)",
+        "  sample 0: SampleInput(Tensor([[]3, 4[]], float64, cpu, requires_grad)*",
+        "    test_faketensor failed: MetadataMismatchError: *Shapes torch.Size([[]3, 4[]]) and torch.Size([[]3[]]) are not equal*",
+        "*note: test_schema: passed on 2 sample(s)",
+        "*note: test_faketensor: FAILED on sample(s) 0, 1",
+    ])
+    # torch's pages of text are cut to their first lines
+    assert "scroll up for stack trace" not in result.stdout.str()
+    assert "BEGIN REPRO SCRIPT" not in result.stdout.str()
+
+
+def test_opcheck_catches_a_schema_that_hides_a_mutation(pytester, ns, run):
+    write(pytester, ns, '''
+        @torch.library.custom_op("NS::sneaky", mutates_args=())
+        def sneaky(x: torch.Tensor) -> torch.Tensor:
+            x.add_(1)  # mutates its input although the schema says it does not
+            return x.clone()
+
+        sneaky.register_fake(lambda x: torch.empty_like(x))
+
+        def one(device, dtype, requires_grad):
+            yield SampleInput(torch.randn(3, dtype=dtype))
+
+        @pytest.mark.customop(sneaky, samples=one, checks=["opcheck"], dtypes=[torch.float64], devices=["cpu"])
+        def test_sneaky(customop):
+            customop.check()
+    ''')
+    result = run()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["    test_schema failed: *mutated*"])
+
+
+def test_opcheck_sub_test_missing_from_this_torch_is_a_skip_with_the_reason(pytester, ns, run):
+    write(pytester, ns, '''
+        mul = define_mul("mul", lambda x, y: torch.empty_like(x * y))
+
+        @pytest.mark.customop(mul, samples=pair, checks=["opcheck"], dtypes=[torch.float64], devices=["cpu"],
+                              options={"opcheck": {"test_utils": ["test_from_the_future"]}})
+        def test_mul(customop):
+            customop.check()
+    ''')
+    result = run("-rs")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines([
+        "SKIPPED * none of the requested opcheck sub-tests (test_from_the_future) exists in torch *; it has test_schema*",
+    ])
+
+
+# -- compile ----------------------------------------------------------------------------------------
+def test_compile_passes_a_correct_op_on_both_default_backends(pytester, ns, run):
+    write(pytester, ns, '''
+        mul = define_mul("mul", lambda x, y: torch.empty_like(x * y))
+
+        @pytest.mark.customop(mul, samples=pair, checks=["compile"], dtypes=[torch.float64, torch.float32], devices=["cpu"])
+        def test_mul(customop):
+            result = customop.check()
+            print("NOTES:", " | ".join(result.notes))
+    ''')
+    result = run("-s")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*NOTES: backends: eager, aot_eager (fullgraph=True, dynamic=False)*"])
+
+
+def test_compile_catches_a_fake_kernel_with_the_wrong_shape(pytester, ns, run):
+    write(pytester, ns, '''
+        mul = define_mul("bad_fake", lambda x, y: x.new_empty(x.shape[:-1]))
+
+        @pytest.mark.customop(mul, samples=pair, checks=["compile"], dtypes=[torch.float64], devices=["cpu"])
+        def test_mul(customop):
+            customop.check()
+    ''')
+    result = run()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([
+        f"*{ns}::bad_fake compile failed on cpu float64: 2 of 2 sample(s)",
+        "  sample 0: *",
+        "    torch.compile(backend='aot_eager') raised *",
+    ])
+    assert "TORCHDYNAMO_VERBOSE" not in result.stdout.str()
+
+
+def test_opcheck_catches_a_fake_kernel_with_the_wrong_dtype(pytester, ns, run):
+    # torch.compile's eager and aot_eager backends run the real kernel, so only opcheck sees this one.
+    write(pytester, ns, '''
+        mul = define_mul("bad_dtype", lambda x, y: torch.empty_like(x * y, dtype=torch.float16))
+
+        @pytest.mark.customop(mul, samples=pair, checks=["opcheck"], dtypes=[torch.float64], devices=["cpu"])
+        def test_mul(customop):
+            customop.check()
+    ''')
+    result = run()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([
+        f"*{ns}::bad_dtype opcheck failed on cpu float64*",
+        "    test_faketensor failed: MetadataMismatchError: *dtype*",
+    ])
+
+
+def test_compile_catches_data_dependent_python_and_honours_the_backends_option(pytester, ns, run):
+    write(pytester, ns, '''
+        lib = torch.library.Library("NS", "DEF")
+        lib.define("branchy(Tensor x) -> Tensor")
+
+        def branchy(x):
+            if x.sum() > 0:  # data-dependent Python: dynamo cannot trace it into one graph
+                return x * 2
+            return x * 3
+
+        lib.impl("branchy", branchy, "CompositeImplicitAutograd")
+
+        def one(device, dtype, requires_grad):
+            yield SampleInput(torch.randn(4, dtype=dtype, requires_grad=requires_grad))
+
+        @pytest.mark.customop("NS::branchy", samples=one, checks=["compile"], dtypes=[torch.float64],
+                              devices=["cpu"], options={"compile": {"backends": ["eager"]}})
+        def test_branchy(customop):
+            customop.check()
+    ''')
+    result = run()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([
+        "    torch.compile(backend='eager') raised *data-dependent*",
+        "  note: backends: eager (fullgraph=True, dynamic=False)",
+    ])
+    assert "aot_eager" not in result.stdout.str()
+
+
+# -- correct ops of every kind pass both ---------------------------------------------------------------
+def test_correct_ops_of_every_kind_pass_opcheck_and_compile(pytester, ns, run):
+    body = '''
+@pytest.mark.customop("NS::square", samples=singles, checks=["opcheck", "compile"], dtypes=[torch.float64], devices=["cpu"])
+def test_square(customop):
+    customop.check()
+
+@pytest.mark.customop(scale_, samples=scale_samples, checks=["opcheck", "compile"], dtypes=[torch.float64], devices=["cpu"])
+def test_scale_(customop):
+    customop.check()
+
+@pytest.mark.customop(top, samples=singles, checks=["opcheck", "compile"], dtypes=[torch.float64], devices=["cpu"])
+def test_top(customop):
+    customop.check()
+
+@pytest.mark.customop(scaled_copies, samples=list_samples, checks=["opcheck", "compile"], dtypes=[torch.float64], devices=["cpu"])
+def test_scaled_copies(customop):
+    customop.check()
+'''
+    pytester.makepyfile(test_ops=(HEADER + CORRECT_OPS + body).replace("NS", ns))
+    result = run("-v")
+    result.assert_outcomes(passed=8)
+    result.stdout.fnmatch_lines([
+        "*test_square[[]cpu-float64-opcheck[]] PASSED*",
+        "*test_scale_[[]cpu-float64-compile[]] PASSED*",
+        "*test_top[[]cpu-float64-compile[]] PASSED*",
+        "*test_scaled_copies[[]cpu-float64-opcheck[]] PASSED*",
+    ])
