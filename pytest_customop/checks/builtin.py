@@ -12,3 +12,15 @@ def pytest_customop_register_checks(registry):
 
     registry.register(GradCheck())
     registry.register(GradGradCheck())
+    from .forward_ad import ForwardADCheck
+
+    registry.register(ForwardADCheck())
+    from .batched_grad import BatchedGradCheck
+
+    registry.register(BatchedGradCheck())
+    from .noncontiguous import NoncontiguousCheck
+
+    registry.register(NoncontiguousCheck())
+    from .nondeterminism import NondeterminismCheck
+
+    registry.register(NondeterminismCheck())
