@@ -74,6 +74,8 @@ class ForwardADCheck(Check):
 
     name = "forward_ad"
     description = "forward-mode AD (jvp) against a central finite difference along a random tangent"
+    #: Opt-in for now (checks=[...], --customop-checks): default items stay gradcheck/gradgradcheck.
+    default = False
 
     def not_applicable(self, op: ResolvedOp, spec: Any) -> Optional[str]:
         if spec.supports_forward_ad is False:
