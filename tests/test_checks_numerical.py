@@ -190,8 +190,19 @@ class OnceFunction(torch.autograd.Function):
 lib_once.impl("once", OnceFunction.apply, "Autograd")
 
 
+# Made of aten ops: forward AD, vmap and strides come from them.
+lib_c = torch.library.Library(NS, "FRAGMENT")
+lib_c.define("csin(Tensor x) -> Tensor")
+lib_c.impl("csin", lambda x: x.sin() * 2, "CompositeImplicitAutograd")
+
+
 @pytest.mark.customop(f"{NS}::fsin", samples=one_input, checks=ALL)
 def test_fsin(customop):
+    customop.check()
+
+
+@pytest.mark.customop(f"{NS}::csin", samples=one_input, checks=ALL)
+def test_csin(customop):
     customop.check()
 
 
@@ -232,9 +243,9 @@ def test_once(customop):
 ''',
     )
     result = run("-rs", "-q")
-    # 6 checks x 2 dtypes for fsin, mysin, sin_argmax, scale_all, once; 4 x 2 for addto; 4 for
-    # numpy_sin; 2 for vmul.
-    result.assert_outcomes(passed=56, skipped=18)
+    # 6 checks x 2 dtypes for fsin, csin, mysin, sin_argmax, scale_all, once; 4 x 2 for addto;
+    # 4 for numpy_sin; 2 for vmul.
+    result.assert_outcomes(passed=68, skipped=18)
     result.stdout.fnmatch_lines(
         [
             f"SKIPPED [[]2[]] test_ops.py:*: forward-mode AD is unsupported for {ns}::mysin: torch.library.custom_op "
@@ -392,10 +403,24 @@ viewsin.register_autograd(viewsin_backward, setup_context=save_x)
 @pytest.mark.customop(viewsin, samples=one_input, checks=ALL)
 def test_viewsin(customop):
     customop.check()
+
+
+@torch.library.custom_op(f"{NS}::rawdouble", mutates_args=())
+def rawdouble(x: torch.Tensor) -> torch.Tensor:
+    # Reads x's storage as if it were contiguous, as a hand-written kernel taking data_ptr() would.
+    return torch.as_strided(x, (x.numel(),), (1,), x.storage_offset()).reshape(x.shape) * 2
+
+
+rawdouble.register_autograd(lambda ctx, grad: grad * 2, setup_context=lambda ctx, inputs, output: None)
+
+
+@pytest.mark.customop(rawdouble, samples=one_input, checks=["noncontiguous"], dtypes=["float64"])
+def test_rawdouble(customop):
+    customop.check()
 ''',
     )
     result = run("-rfs")
-    result.assert_outcomes(passed=8, failed=2, skipped=2)
+    result.assert_outcomes(passed=8, failed=3, skipped=2)
     only_failure(result, "noncontiguous")
     result.stdout.fnmatch_lines(
         [
@@ -403,6 +428,9 @@ def test_viewsin(customop):
             "    backward raised on non-contiguous inputs ('x' strides (2, 6)) with a non-contiguous grad_output: "
             "RuntimeError: view size is not compatible with input tensor's size and stride*",
             "*test_ops.py*in viewsin_backward*",
+            f"{ns}::rawdouble noncontiguous failed on cpu float64: 1 of 1 sample(s)",
+            "    output 0 differs on non-contiguous inputs ('x' strides (2, 6)): * element(s) differ; worst at index *: "
+            "expected * (contiguous), got * (non-contiguous)*",
         ]
     )
 

@@ -85,6 +85,11 @@ def gradient_samples(ctx: CheckContext) -> GradientSamples:
     return result
 
 
+def _numeric(t: torch.Tensor) -> torch.Tensor:
+    """Bool tensors as integers, so that differences can be taken."""
+    return t.to(torch.int64) if t.dtype == torch.bool else t
+
+
 def _without_shared_nans(got: torch.Tensor, expected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     both = torch.isnan(got) & torch.isnan(expected)
     if not bool(both.any()):
@@ -98,7 +103,7 @@ def agreement(got: Optional[torch.Tensor], expected: Optional[torch.Tensor], tol
     if got is not None and expected is not None:
         if got.shape != expected.shape:
             return f"shape {list(got.shape)} ({got_from}) but {list(expected.shape)} ({expected_from})"
-        got, expected = _without_shared_nans(got.detach(), expected.detach())
+        got, expected = _without_shared_nans(_numeric(got.detach()), _numeric(expected.detach()))
     mismatch = worst_mismatch(got, expected, tol)
     return None if mismatch is None else mismatch.describe(expected_from, got_from)
 
@@ -113,7 +118,7 @@ def max_abs_difference(first: Optional[torch.Tensor], second: Optional[torch.Ten
     b = (second if second is not None else torch.zeros_like(reference)).detach().to("cpu")
     if a.numel() == 0:
         return 0.0, ()
-    a, b = _without_shared_nans(a, b)
+    a, b = _without_shared_nans(_numeric(a), _numeric(b))
     diff = (a - b).abs().double()
     diff = torch.where(torch.isnan(diff), torch.full_like(diff, float("inf")), diff)
     flat = int(torch.argmax(diff).item())
