@@ -54,7 +54,7 @@ class NondeterminismCheck(Check):
             f"gradients {_fmt(worst['gradients'])} (nondet_tol={_fmt(tol)})"
         )
         if findings:
-            return ctx.failed(findings, total=prepared.total, checked=checked, notes=[note])
+            return ctx.failed(findings, total=prepared.total, checked=checked, notes=[note] if checked else [])
         if checked == 0:
             return ctx.skipped(no_grad_reason or "nothing to check", total=prepared.total)
         return ctx.passed(checked, prepared.total, notes=[note])
