@@ -22,6 +22,7 @@ __all__ = [
     "OpCall",
     "Slot",
     "flatten_outputs",
+    "numerical_jvp",
     "numerical_vjp",
     "directional_vjp",
     "random_like",
@@ -161,10 +162,18 @@ def vjp(
     weights: Sequence[torch.Tensor],
     *,
     create_graph: bool = False,
+    retain_graph: Optional[bool] = None,
 ) -> list[Optional[torch.Tensor]]:
-    """Vector-Jacobian products of ``outputs`` with ``weights``, one per leaf (None if unused)."""
+    """Vector-Jacobian products of ``outputs`` with ``weights``, one per leaf (None if unused).
+
+    ``retain_graph=True`` keeps the graph for another backward over the same outputs."""
     grads = torch.autograd.grad(
-        list(outputs), list(leaves), list(weights), allow_unused=True, create_graph=create_graph
+        list(outputs),
+        list(leaves),
+        list(weights),
+        allow_unused=True,
+        create_graph=create_graph,
+        retain_graph=retain_graph,
     )
     return list(grads)
 
@@ -216,6 +225,22 @@ def directional_vjp(
     plus[position] = base[position] + eps * direction
     minus[position] = base[position] - eps * direction
     return (_loss_at(fn, plus, weights) - _loss_at(fn, minus, weights)) / (2 * eps)
+
+
+def numerical_jvp(
+    fn: Callable[..., tuple],
+    leaves: Sequence[torch.Tensor],
+    tangents: Sequence[Optional[torch.Tensor]],
+    eps: float,
+) -> list[torch.Tensor]:
+    """The Jacobian-vector product of every output of ``fn`` along ``tangents`` (one per leaf, None for
+    no motion) by one central difference: two forward calls, whatever the sizes."""
+    base = [t.detach() for t in leaves]
+    plus = [b if d is None else b + eps * d for b, d in zip(base, tangents)]
+    minus = [b if d is None else b - eps * d for b, d in zip(base, tangents)]
+    with torch.no_grad():
+        ahead, behind = fn(*plus), fn(*minus)
+    return [(a - b) / (2 * eps) for a, b in zip(ahead, behind)]
 
 
 def inner(grad: Optional[torch.Tensor], direction: torch.Tensor) -> float:
