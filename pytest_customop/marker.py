@@ -51,6 +51,7 @@ class CustomOpSpec:
     xfails: tuple[XFail, ...] = ()
     skips: tuple[Skip, ...] = ()
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    derived_samples: bool = False  # no samples= given: samples are derived from the op's schema
 
     def tolerance(self, dtype: torch.dtype) -> Tolerance:
         """The tolerance for ``dtype``: ``tolerances[dtype]``, else the default with ``atol``/``rtol``
@@ -138,9 +139,12 @@ def parse_marker(
     kwargs: Mapping[str, Any],
     *,
     known_checks: Sequence[str],
-    requires_samples: bool = True,
+    requires_samples: bool = False,
 ) -> CustomOpSpec:
-    """Validate the marker's arguments. Raises :class:`MarkerError`."""
+    """Validate the marker's arguments. Raises :class:`MarkerError`.
+
+    Without ``samples=`` (and ``requires_samples`` False) the samples are derived from the op's schema.
+    """
     unknown = sorted(set(kwargs) - set(_KNOWN))
     if unknown:
         raise MarkerError(unknown[0], kwargs[unknown[0]], f"the keyword arguments {', '.join(_KNOWN[1:])}")
@@ -163,6 +167,11 @@ def parse_marker(
         )
     if samples is not None and not callable(samples):
         raise MarkerError("samples", samples, "a callable samples(device, dtype, requires_grad) yielding SampleInput")
+    derived_samples = samples is None
+    if derived_samples:
+        from .derived_samples import derive_samples
+
+        samples = derive_samples(op)
 
     dtypes = DEFAULT_DTYPES
     if kwargs.get("dtypes") is not None:
@@ -221,6 +230,7 @@ def parse_marker(
         xfails=_expectations("xfails", kwargs.get("xfails", ()), XFail),
         skips=_expectations("skips", kwargs.get("skips", ()), Skip),
         options={k: dict(v) for k, v in options.items()},
+        derived_samples=derived_samples,
     )
 
 

@@ -16,11 +16,12 @@ from . import hookspecs
 from .options import OPTIONS, SettingsError, resolve_settings
 
 MARKER_HELP = (
-    "customop(op, *, samples, dtypes=None, devices=None, checks=None, atol=None, rtol=None, "
+    "customop(op, *, samples=None, dtypes=None, devices=None, checks=None, atol=None, rtol=None, "
     "tolerances=None, eps=None, fast_mode=None, nondet_tol=0.0, supports_gradgrad=None, "
     "supports_forward_ad=None, xfails=(), skips=(), options=None): verify the custom op `op` "
     "(a 'ns::name[.overload]' string, OpOverload, OpOverloadPacket, torch.library.custom_op object "
-    "or legacy custom op) on the SampleInputs yielded by samples(device, dtype, requires_grad). "
+    "or legacy custom op) on the SampleInputs yielded by samples(device, dtype, requires_grad), or "
+    "without samples= on samples derived from the op's schema. "
     "Generates one item per (device, dtype, check), ids like [cpu-float64-gradcheck]; the test "
     "requests the `customop` fixture and calls customop.check()."
 )
@@ -29,6 +30,8 @@ settings_key = pytest.StashKey["Any"]()
 registry_key = pytest.StashKey["Any"]()
 marker_errors_key = pytest.StashKey[dict]()
 result_key = pytest.StashKey["Any"]()
+#: The Case (op, device, dtype, check) of every customop item, marked or discovered.
+case_key = pytest.StashKey["Any"]()
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -43,6 +46,24 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         else:
             group.addoption(option.flag, default=None, dest=option.dest, metavar=option.metavar, help=option.help)
         parser.addini(option.ini, type=option.ini_type, default=None, help=f"{option.help} Env: {option.env}.")
+    # Not in OPTIONS: repeatable on the command line, a list in the ini file.
+    group.addoption(
+        "--customop-namespace",
+        action="append",
+        default=None,
+        dest="customop_namespaces",
+        metavar="NS",
+        help="check every op registered in namespace NS that no customop marker covers, on samples "
+        "derived from its schema (repeatable; comma-separated values allowed). Env: CUSTOMOP_NAMESPACES.",
+    )
+    parser.addini("customop_namespaces", type="args", default=[], help="namespaces for --customop-namespace.")
+    group.addoption(
+        "--customop-list",
+        action="store_true",
+        default=False,
+        dest="customop_list",
+        help="print the ops, checks, devices and dtypes that would run, and run nothing.",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -60,6 +81,8 @@ def pytest_configure(config: pytest.Config) -> None:
     from .checks import builtin
 
     config.pluginmanager.register(builtin, "customop-builtin-checks")
+    if config.getoption("customop_list") and hasattr(config.option, "dist"):
+        config.option.dist = "no"  # list in this process: pytest-xdist's workers would list nothing
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(_XdistHooks(), "customop-xdist")
 
@@ -136,6 +159,87 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             marks.append(pytest.mark.xfail(reason=case.xfail.reason, strict=case.xfail.strict))
         params.append(pytest.param(case, id=case.id, marks=marks))
     metafunc.parametrize("_customop_case", params)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list) -> None:
+    """Stash each marked item's Case, then add items for the uncovered ops of --customop-namespace
+    (tryfirst: before -k and -m deselect)."""
+    covered = set()
+    for item in items:
+        case = getattr(item, "callspec", None) and item.callspec.params.get("_customop_case")
+        if case is not None:
+            item.stash[case_key] = case
+            covered.add((case.spec.op.qualname, case.spec.op.overload_name))
+    from .discovery import parse_namespaces
+
+    namespaces = parse_namespaces(config.getoption("customop_namespaces"), os.environ, config.getini("customop_namespaces"))
+    if not namespaces:
+        return
+    from .discovery import discover_items
+
+    discovered = discover_items(
+        session, namespaces, covered, registry=_registry(config), settings=config.stash[settings_key], run=_run_discovered
+    )
+    for item in discovered:
+        if getattr(item, "case", None) is not None:
+            item.stash[case_key] = item.case
+    items.extend(discovered)
+    # Reported like a collector's result, so "collected N items" counts them.
+    config.hook.pytest_collectreport(report=pytest.CollectReport("customop", "passed", None, discovered))
+
+
+def _run_discovered(item: Any) -> None:
+    """The body of a discovered op's item: what a marked test's ``customop.check()`` does."""
+    from .cases import item_seed
+    from .under_test import CustomOpUnderTest
+
+    settings = item.config.stash[settings_key]
+
+    def remember(result: Any) -> None:
+        item.stash[result_key] = result
+
+    CustomOpUnderTest(
+        item.case,
+        _registry(item.config),
+        settings,
+        item_seed(settings.seed, item.nodeid),
+        item.repro(settings.seed),
+        nodeid=item.nodeid,
+        fail=lambda message: pytest.fail(message, pytrace=False),
+        skip=lambda reason: pytest.skip(reason),
+        on_result=remember,
+    ).check()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if not session.config.getoption("customop_list"):
+        return
+    from .discovery import format_listing
+
+    entries = []
+    for item in session.items:
+        case = item.stash.get(case_key, None)
+        if case is not None:
+            namespace = getattr(item, "namespace", None)
+            source = (
+                f"--customop-namespace={namespace}"
+                if namespace
+                else f"{item.parent.nodeid}::{getattr(item, 'originalname', item.name)}"
+            )
+            entries.append((source, case))
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line("")
+        for line in format_listing(entries):
+            reporter.write_line(line)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session: pytest.Session) -> Any:
+    if session.config.getoption("customop_list"):
+        return True  # listed in pytest_collection_finish; nothing runs
+    return None
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -115,6 +115,9 @@ class CustomOpUnderTest:
         """This item's samples, built once (seeded from the item) and copied on every call."""
         __tracebackhide__ = True
         key = (dtype or self.dtype, requires_grad)
+        if key not in self._samples and getattr(self.spec, "derived_samples", False):
+            torch.manual_seed(self.seed)
+            self._samples[key] = self._derived_samples(key[0], requires_grad)
         if key not in self._samples:
             if self.spec.samples is None:
                 self._fail(f"{self.op.name}: the marker gives no samples=")
@@ -129,6 +132,20 @@ class CustomOpUnderTest:
             if problem is not None:  # failed outside the except block: no chained traceback
                 self._fail(f"{self.nodeid}: customop marker argument 'samples': {problem}\n  reproduce: {self.repro}")
         return [sample.map(_copy_tensor) for sample in self._samples[key]]
+
+    def _derived_samples(self, dtype: torch.dtype, requires_grad: bool) -> list[SampleInput]:
+        """Samples derived from the schema that the op accepts; the item is skipped when it accepts
+        none (an op that needs specific inputs is not broken, it needs ``samples=``)."""
+        __tracebackhide__ = True
+        from .derived_samples import NoUsableSamples, usable_derived_samples
+
+        reason = None
+        try:
+            return usable_derived_samples(self.op, self.device, dtype, requires_grad)
+        except NoUsableSamples as exc:
+            reason = str(exc)
+        self._skip(reason)
+        raise AssertionError("unreachable: skip() raises")
 
     # -- checks ---------------------------------------------------------------------------------
     def run_check(self, name: Optional[str] = None) -> CheckResult:

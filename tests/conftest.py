@@ -14,7 +14,7 @@ _counter = itertools.count()
 # in-process run is imported again by the next one. torch cannot be imported twice in one process
 # (its C++ state keeps pointing at the first copy: a segfault at the next garbage collection), so
 # torch and what it brings stay imported for the whole session.
-_KEEP_IMPORTED = ("torch", "functorch", "sympy", "mpmath", "numpy", "pytest_customop", "triton")
+_KEEP_IMPORTED = ("torch", "functorch", "sympy", "mpmath", "numpy", "pytest_customop", "triton", "hypothesis")
 
 
 class _SysModulesSnapshotKeepingTorch(_pytester.SysModulesSnapshot):

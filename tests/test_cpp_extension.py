@@ -1,0 +1,60 @@
+"""A real C++ op, compiled with ``torch.utils.cpp_extension.load_inline``: the example of
+docs/howto/cpp_extension.md, run here with its messages checked.
+
+Its three ops: ``doc_cpp::mul`` (backward a C++ ``torch::autograd::Function``), ``doc_cpp::scale``
+(plain C++, backward registered from Python) and ``doc_cpp::mul_wrong`` (a C++ backward with a bug).
+The first build takes a minute; torch caches it (``~/.cache/torch_extensions``, or
+``TORCH_EXTENSIONS_DIR``), so the docs test and this one compile once between them. Deselect with
+``-m "not slow"``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from torch.utils.cpp_extension import get_default_build_root
+
+# Read now: pytester points HOME at a temporary directory, which would move torch's build cache there
+# and recompile on every run.
+BUILD_ROOT = os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()
+
+PAGE = Path(__file__).resolve().parent.parent / "docs" / "howto" / "cpp_extension.md"
+
+pytestmark = pytest.mark.slow
+
+
+def _example() -> str:
+    blocks = re.findall(r"^```python\n(.*?)^```$", PAGE.read_text(encoding="utf-8"), flags=re.S | re.M)
+    assert len(blocks) == 1, f"{PAGE} should hold exactly one python example, found {len(blocks)}"
+    return blocks[0]
+
+
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None, reason="no C++ compiler")
+def test_cpp_ops_verified_for_real(pytester, run, monkeypatch):
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", BUILD_ROOT)
+    # In-process: the compiled library is loaded once into this process (a TORCH_LIBRARY namespace can
+    # be registered only once per process, so this test must not run twice in one session).
+    pytester.makepyfile(test_cpp_ops=_example())
+    result = run("-v")
+    result.assert_outcomes(passed=4, failed=1)
+    result.stdout.fnmatch_lines_random(
+        [
+            "*test_mul[[]cpu-float64-gradcheck[]] PASSED*",
+            "*test_mul[[]cpu-float64-gradgradcheck[]] PASSED*",
+            "*test_scale[[]cpu-float64-gradcheck[]] PASSED*",
+            "*test_scale[[]cpu-float64-gradgradcheck[]] PASSED*",
+            "*test_mul_wrong[[]cpu-float64-gradcheck[]] FAILED*",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "doc_cpp::mul_wrong gradcheck failed on cpu float64: 5 of 5 sample(s)",
+            "  sample 0: SampleInput 'derived: every tensor [[]2, 3[]]'*",
+            "    gradient of input 'y': *expected * (finite differences), got * (backward)*",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*gradient of input 'x'*")
