@@ -221,6 +221,8 @@ class ReportPlugin:
             if meta is None:  # not a customop item
                 continue
             outcome, message = phases.outcome()
+            if message.startswith(f"{nodeid}: "):  # marker errors name the item, which the row does already
+                message = message[len(nodeid) + 2 :]
             rows.append(
                 Row(meta.get("op"), meta.get("check"), meta.get("device"), meta.get("dtype"), outcome, message,
                     phases.duration, nodeid, meta.get("samples"))
