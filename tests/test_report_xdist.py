@@ -56,39 +56,49 @@ def test_two_workers_give_the_same_report_and_files_as_none(pytester: pytest.Pyt
     assert "customop_outcome" in (pytester.path / "junit.xml").read_text()
 
 
+def _crash_suite(ns: str) -> str:
+    """A module whose first test aborts the process inside the op's forward, then two that pass."""
+    return f"""
+import os
+import pytest, torch
+from torch.library import custom_op
+from pytest_customop import SampleInput
+
+@custom_op("{ns}::segfault", mutates_args=())
+def segfault(x: torch.Tensor) -> torch.Tensor:
+    os.abort()  # as a C++ kernel that dereferences a null pointer would
+
+segfault.register_autograd(lambda ctx, grad: grad)
+
+@custom_op("{ns}::double", mutates_args=())
+def double(x: torch.Tensor) -> torch.Tensor:
+    return x * 2
+
+double.register_autograd(lambda ctx, grad: grad * 2)
+
+def samples(device, dtype, requires_grad):
+    yield SampleInput(torch.ones(2, device=device, dtype=dtype, requires_grad=requires_grad))
+
+@pytest.mark.customop(segfault, samples=samples, dtypes=["float64"], checks=["gradcheck"])
+def test_segfault(customop):
+    customop.check()
+
+@pytest.mark.customop(double, samples=samples, dtypes=["float64", "float32"], checks=["gradcheck"])
+def test_double(customop):
+    customop.check()
+"""
+
+
+CRASH_LINE = "  ERROR gradcheck cpu/float64: worker 'gw?' crashed while running 'test_crash.py::test_segfault[[]cpu-float64-gradcheck[]]'"
+WARNING_LINE = (
+    "warning: pytest-xdist worker(s) gw? crashed; the item each was running, and any item left unrun, are "
+    "reported as errors"
+)
+
+
 def test_a_crashed_worker_leaves_error_rows_a_warning_and_the_report(pytester: pytest.Pytester, ns: str, monkeypatch) -> None:
     monkeypatch.setenv("COLUMNS", "300")  # each reason on one line
-    pytester.makepyfile(
-        test_crash=f"""
-        import os
-        import pytest, torch
-        from torch.library import custom_op
-        from pytest_customop import SampleInput
-
-        @custom_op("{ns}::double", mutates_args=())
-        def double(x: torch.Tensor) -> torch.Tensor:
-            return x * 2
-
-        double.register_autograd(lambda ctx, grad: grad * 2)
-
-        @custom_op("{ns}::segfault", mutates_args=())
-        def segfault(x: torch.Tensor) -> torch.Tensor:
-            os.abort()  # as a C++ kernel that dereferences a null pointer would
-
-        segfault.register_autograd(lambda ctx, grad: grad)
-
-        def samples(device, dtype, requires_grad):
-            yield SampleInput(torch.ones(2, device=device, dtype=dtype, requires_grad=requires_grad))
-
-        @pytest.mark.customop(double, samples=samples, dtypes=["float64", "float32"], checks=["gradcheck"])
-        def test_double(customop):
-            customop.check()
-
-        @pytest.mark.customop(segfault, samples=samples, dtypes=["float64"], checks=["gradcheck"])
-        def test_segfault(customop):
-            customop.check()
-        """
-    )
+    pytester.makepyfile(test_crash=_crash_suite(ns))
     result = pytester.runpytest_subprocess(
         "-p", "no:cacheprovider", "--customop-seed=5", "-n", "2", "--customop-report", "--customop-report=json:report.json"
     )
@@ -98,8 +108,8 @@ def test_a_crashed_worker_leaves_error_rows_a_warning_and_the_report(pytester: p
             f"{ns}::segfault  (1 error)",
             "  check      cpu/float64",
             "  gradcheck  ERROR",
-            "  ERROR gradcheck cpu/float64: worker 'gw?' crashed while running 'test_crash.py::test_segfault[[]cpu-float64-gradcheck[]]'",
-            "warning: pytest-xdist worker(s) gw? crashed; the item each was running is reported as an error",
+            CRASH_LINE,
+            WARNING_LINE,
             "",
             "customop: 2 passed, 1 error in 3 item(s) over 2 op(s)",
             "customop report (json) written to *report.json",
@@ -114,3 +124,33 @@ def test_a_crashed_worker_leaves_error_rows_a_warning_and_the_report(pytester: p
         (f"{ns}::segfault", "float64"): "error",
     }
     assert len(document["warnings"]) == 1 and "crashed" in document["warnings"][0]
+
+
+def test_items_left_unrun_by_a_crash_are_error_rows(pytester: pytest.Pytester, ns: str, monkeypatch) -> None:
+    # One worker, not replaced when it crashes on the first item: the other two never run.
+    monkeypatch.setenv("COLUMNS", "300")
+    pytester.makepyfile(test_crash=_crash_suite(ns))
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--customop-seed=5", "-n", "1", "--max-worker-restart=0", "--customop-report"
+    )
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            f"{ns}::double  (2 error)",
+            "  check      cpu/float64  cpu/float32",
+            "  gradcheck  ERROR        ERROR",
+            "  ERROR gradcheck cpu/float64: not run: pytest-xdist worker(s) gw0 crashed",
+            "*reproduce: pytest 'test_crash.py::test_double[[]cpu-float64-gradcheck[]]' --customop-seed=5",
+            "  ERROR gradcheck cpu/float32: not run: pytest-xdist worker(s) gw0 crashed",
+            "*reproduce: *",
+            "",
+            f"{ns}::segfault  (1 error)",
+            "  check      cpu/float64",
+            "  gradcheck  ERROR",
+            CRASH_LINE,
+            "*",
+            WARNING_LINE,
+            "",
+            "customop: 3 error in 3 item(s) over 2 op(s)",
+        ]
+    )

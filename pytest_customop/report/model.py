@@ -130,9 +130,6 @@ class Row:
         """``gradcheck cpu/float64``, or the node id for an item whose check is not known."""
         return f"{self.check} {self.column}" if self.check is not None else self.nodeid
 
-    def sort_key(self) -> tuple:
-        return (self.op or "", self.check or "", self.device or "", self.dtype or "", self.nodeid)
-
     def to_json(self) -> dict[str, Any]:
         return {
             "op": self.op,
@@ -178,7 +175,11 @@ class Report:
     warnings: list[str] = field(default_factory=list)
 
     def sorted_rows(self) -> list[Row]:
-        return sorted(self.rows, key=Row.sort_key)
+        """Rows by op, check, then in the table's column order (devices found, dtypes wide to narrow)."""
+        return sorted(
+            self.rows,
+            key=lambda r: (r.op or "", r.check or "", column_sort_key(r.column, self.devices), r.nodeid),
+        )
 
     def ops(self) -> list[str]:
         """Every op with at least one row, sorted."""

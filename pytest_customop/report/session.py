@@ -5,13 +5,13 @@ customop item a plain dict (``report.customop``: op, check, device, dtype, and t
 it ran) and, on the teardown report, ``customop_*`` entries in ``user_properties`` (junitxml writes them
 as ``<property>``). The controller (the only process, or the xdist controller) gathers the rows in
 ``pytest_runtest_logreport``, so ``-n 0`` and ``-n 2`` build the same rows, and a worker crash still
-leaves its error report. Workers also send, through ``config.workeroutput``, the items they collected and
-the coverage of their namespaces, which only they can see (the controller never imports test modules).
+leaves its error report. A worker's first report also carries every item it collected (so items a crash
+left unrun become error rows), and its ``config.workeroutput`` the coverage of the namespaces under test,
+which only workers can see (the controller never imports test modules).
 """
 
 from __future__ import annotations
 
-import os
 import warnings
 from typing import Any, Optional
 
@@ -115,6 +115,7 @@ class ReportPlugin:
         self.crashed_workers: list[str] = []
         self.report: Optional[Report] = None
         self.written: list[ReportTarget] = []
+        self._items_sent = False
 
     @property
     def enabled(self) -> bool:
@@ -145,6 +146,11 @@ class ReportPlugin:
                 notes=[str(note) for note in result.notes],
             )
         report.customop = info  # builtins only: pytest-xdist serializes the report's attributes
+        if self.enabled and not self.is_controller and not self._items_sent:
+            # The first report a worker sends carries every item it collected, so that the controller
+            # can list the items a crash left unrun even when no worker lives to send its output.
+            report.customop_items = self.items
+            self._items_sent = True
         phases = item.stash.setdefault(_outcome_key, ItemOutcome())
         phases.add(report_phase(report))
         if report.when == "teardown":
@@ -161,6 +167,7 @@ class ReportPlugin:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if not (self.enabled and self.is_controller):
             return
+        self.items.update(getattr(report, "customop_items", None) or {})
         info = getattr(report, "customop", None)
         if info is not None:
             self.details[report.nodeid] = info
@@ -175,8 +182,7 @@ class ReportPlugin:
             from .coverage import namespace_ops
 
             self.config.workeroutput[_WORKEROUTPUT_KEY] = {
-                "items": self.items,
-                "coverage": namespace_ops(self._namespaces(self.items.values())),
+                "coverage": namespace_ops(self._namespaces(self.items.values()))
             }
             return
         if not hasattr(self.config, "workerinput") and not self.config.pluginmanager.hasplugin("dsession"):
@@ -198,7 +204,6 @@ class ReportPlugin:
             self.crashed_workers.append(worker_id)
             return
         self.workers_reported.append(worker_id)
-        self.items.update(output.get("items", {}))
         for namespace, found in output.get("coverage", {}).items():
             known = self.coverage.setdefault(namespace, {"ops": [], "no_autograd": []})
             for key in ("ops", "no_autograd"):
@@ -231,7 +236,8 @@ class ReportPlugin:
         if self.crashed_workers:
             crashed = ", ".join(sorted(self.crashed_workers))
             warnings_.append(
-                f"pytest-xdist worker(s) {crashed} crashed; the item each was running is reported as an error"
+                f"pytest-xdist worker(s) {crashed} crashed; the item each was running, and any item left "
+                "unrun, are reported as errors"
             )
             for nodeid, meta in sorted(self.items.items()):
                 if nodeid not in self.outcomes:
