@@ -7,7 +7,6 @@ torch is imported the first time a ``customop`` marker is collected.
 from __future__ import annotations
 
 import os
-import shlex
 from typing import Any
 
 import pytest
@@ -32,6 +31,7 @@ marker_errors_key = pytest.StashKey[dict]()
 result_key = pytest.StashKey["Any"]()
 #: The Case (op, device, dtype, check) of every customop item, marked or discovered.
 case_key = pytest.StashKey["Any"]()
+report_key = pytest.StashKey["Any"]()
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -64,6 +64,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         dest="customop_list",
         help="print the ops, checks, devices and dtypes that would run, and run nothing.",
     )
+    group.addoption(  # repeatable, so not in OPTIONS
+        "--customop-report",
+        action="append",
+        nargs="?",
+        const="terminal",
+        default=None,
+        dest="customop_report",
+        metavar="FORMAT:PATH",
+        help="report which op passed which check on which device and dtype. Bare: a table per op after "
+        "the run; FORMAT:PATH (repeatable) writes json, md or html to PATH.",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -78,6 +89,7 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"pytest-customop: {exc}") from None
     config.stash[settings_key] = settings
     config.stash[marker_errors_key] = {}
+    _configure_report(config)
     from .checks import builtin
 
     config.pluginmanager.register(builtin, "customop-builtin-checks")
@@ -85,6 +97,20 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.dist = "no"  # list in this process: pytest-xdist's workers would list nothing
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(_XdistHooks(), "customop-xdist")
+
+
+def _configure_report(config: pytest.Config) -> None:
+    from .report.formats import TargetError, parse_target
+    from .report.session import ReportPlugin, XdistReportHooks
+
+    try:
+        targets = [parse_target(value, str(config.invocation_params.dir)) for value in config.getoption("customop_report") or []]
+    except TargetError as exc:
+        raise pytest.UsageError(f"pytest-customop: {exc}") from None
+    report = config.stash[report_key] = ReportPlugin(config, targets)
+    config.pluginmanager.register(report, "customop-report")
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(XdistReportHooks(report), "customop-report-xdist")
 
 
 class _XdistHooks:
@@ -103,8 +129,15 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def pytest_report_header(config: pytest.Config) -> str:
+    import torch
+
+    from .devices import available_devices
+
     settings = config.stash[settings_key]
-    return f"customop: seed={settings.seed} (--customop-seed={settings.seed} repeats this run)"
+    return (
+        f"customop: torch {torch.__version__}, devices: {', '.join(available_devices())}, "
+        f"seed={settings.seed} (--customop-seed={settings.seed} repeats this run)"
+    )
 
 
 def _registry(config: pytest.Config) -> Any:
@@ -274,12 +307,13 @@ def customop(request: pytest.FixtureRequest, _customop_case: Any) -> Any:
     ``customop.samples()`` gives the item's samples; ``customop.op`` / ``.schema`` describe the op.
     """
     from .cases import item_seed
+    from .report.model import repro_command
     from .under_test import CustomOpUnderTest
 
     config = request.config
     settings = config.stash[settings_key]
     seed = item_seed(settings.seed, request.node.nodeid)
-    repro = f"pytest {shlex.quote(request.node.nodeid)} --customop-seed={settings.seed}"
+    repro = repro_command(request.node.nodeid, settings.seed)
 
     def remember(result: Any) -> None:
         request.node.stash[result_key] = result

@@ -1,0 +1,292 @@
+"""pytest hooks of the verification report (registered by the plugin's ``pytest_configure``).
+
+Every process that runs tests (the only one, or each pytest-xdist worker) puts on each report of a
+customop item a plain dict (``report.customop``: op, check, device, dtype, and the check's result when
+it ran) and, on the teardown report, ``customop_*`` entries in ``user_properties`` (junitxml writes them
+as ``<property>``). The controller (the only process, or the xdist controller) gathers the rows in
+``pytest_runtest_logreport``, so ``-n 0`` and ``-n 2`` build the same rows, and a worker crash still
+leaves its error report. A worker's first report also carries every item it collected (so items a crash
+left unrun become error rows), and its ``config.workeroutput`` the coverage of the namespaces under test,
+which only workers can see (the controller never imports test modules).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Optional
+
+import pytest
+
+from ..plugin import marker_errors_key, result_key, settings_key
+from .formats import ReportTarget, write_report
+from .model import ItemOutcome, NamespaceCoverage, Phase, Report, Row, first_line
+
+__all__ = ["ReportPlugin", "XdistReportHooks"]
+
+_meta_key = pytest.StashKey[Optional[dict]]()
+_outcome_key = pytest.StashKey[ItemOutcome]()
+_WORKEROUTPUT_KEY = "customop_report"
+
+
+def _op_name_of(marker: Any) -> Optional[str]:
+    """The op a marker names, read without resolving it (for items whose marker was rejected)."""
+    if marker is None or not marker.args:
+        return None
+    op = marker.args[0]
+    if isinstance(op, str):
+        return op.strip()
+    for attribute in ("_qualname", "_qualified_op_name", "__name__"):
+        value = getattr(op, attribute, None)
+        if isinstance(value, str) and "::" in value:
+            return value
+    schema = getattr(op, "_schema", None)
+    if schema is not None:
+        overload = getattr(op, "_overloadname", "default")
+        return schema.name if overload in ("default", "") else f"{schema.name}.{overload}"
+    return None
+
+
+def item_meta(item: pytest.Item) -> Optional[dict]:
+    """``{"op", "check", "device", "dtype"}`` of a customop item (builtins), None for other items."""
+    callspec = getattr(item, "callspec", None)
+    case = callspec.params.get("_customop_case") if callspec is not None else None
+    if case is not None:
+        from ..dtypes import dtype_id
+
+        return {"op": case.spec.op.name, "check": case.check, "device": case.device, "dtype": dtype_id(case.dtype)}
+    errors = item.config.stash.get(marker_errors_key, {})
+    definition_id = f"{item.parent.nodeid}::{getattr(item, 'originalname', item.name)}" if item.parent else ""
+    if definition_id in errors:
+        return {"op": _op_name_of(item.get_closest_marker("customop")), "check": None, "device": None, "dtype": None}
+    return None
+
+
+def _strip_prefix(text: str) -> str:
+    for prefix in ("Failed: ", "Skipped: "):
+        if text.startswith(prefix):
+            return text[len(prefix):]
+    return text
+
+
+def report_message(report: pytest.TestReport) -> str:
+    """The one-line reason of a failed or skipped report (the crash line, the skip reason)."""
+    info = getattr(report, "customop", None) or {}
+    if report.failed and report.when == "call" and info.get("summary") and info.get("result") == "failed":
+        return info["summary"]
+    longrepr = report.longrepr
+    if longrepr is None:
+        if report.passed and info.get("notes"):
+            return "; ".join(info["notes"])
+        return ""
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:  # a skip: (path, lineno, "Skipped: reason")
+        return _strip_prefix(first_line(longrepr[2]))
+    crash = getattr(longrepr, "reprcrash", None)
+    if crash is not None and getattr(crash, "message", None):
+        return _strip_prefix(first_line(crash.message))
+    return _strip_prefix(first_line(str(longrepr)))
+
+
+def report_phase(report: pytest.TestReport) -> Phase:
+    return Phase(
+        when=report.when,
+        outcome=report.outcome,
+        message=report_message(report),
+        wasxfail=getattr(report, "wasxfail", None),
+        duration=float(getattr(report, "duration", 0.0) or 0.0),
+    )
+
+
+def _samples_text(samples: Optional[dict]) -> str:
+    return f"{samples['checked']}/{samples['total']}" if samples else ""
+
+
+class ReportPlugin:
+    """Gathers the rows of the report and writes it; one per ``config``, in ``config.stash``."""
+
+    def __init__(self, config: pytest.Config, targets: list[ReportTarget]) -> None:
+        self.config = config
+        self.targets = targets
+        self.is_controller = not hasattr(config, "workerinput")
+        self.items: dict[str, dict] = {}  # nodeid -> meta of every customop item collected
+        self.details: dict[str, dict] = {}  # nodeid -> the latest report.customop seen
+        self.outcomes: dict[str, ItemOutcome] = {}  # nodeid -> the phases reported
+        self.coverage: dict[str, dict[str, list[str]]] = {}  # namespace -> {"ops", "no_autograd"}
+        self.workers_reported: list[str] = []
+        self.crashed_workers: list[str] = []
+        self.report: Optional[Report] = None
+        self.written: list[ReportTarget] = []
+        self._items_sent = False
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.targets)
+
+    # -- on every process that runs tests -----------------------------------------------------
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        for item in session.items:
+            meta = item_meta(item)
+            item.stash[_meta_key] = meta
+            if meta is not None:
+                self.items[item.nodeid] = meta
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo) -> Any:
+        report = yield  # outermost wrapper: xfail and skip handling already applied
+        meta = item.stash.get(_meta_key, None)
+        if meta is None:
+            return report
+        info = dict(meta)
+        result = item.stash.get(result_key, None)
+        if result is not None:
+            info.update(
+                result=str(getattr(result.outcome, "value", result.outcome)),
+                summary=first_line(result.summary()),
+                samples={"checked": int(result.samples_checked), "total": int(result.samples_total)},
+                notes=[str(note) for note in result.notes],
+            )
+        report.customop = info  # builtins only: pytest-xdist serializes the report's attributes
+        if self.enabled and not self.is_controller and not self._items_sent:
+            # The first report a worker sends carries every item it collected, so that the controller
+            # can list the items a crash left unrun even when no worker lives to send its output.
+            report.customop_items = self.items
+            self._items_sent = True
+        phases = item.stash.setdefault(_outcome_key, ItemOutcome())
+        phases.add(report_phase(report))
+        if report.when == "teardown":
+            outcome, message = phases.outcome()
+            properties = [(f"customop_{key}", meta[key]) for key in ("op", "check", "device", "dtype")]
+            properties += [
+                ("customop_outcome", outcome),
+                ("customop_message", message),
+                ("customop_samples", _samples_text(info.get("samples"))),
+            ]
+            report.user_properties.extend((name, "" if value is None else str(value)) for name, value in properties)
+        return report
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if not (self.enabled and self.is_controller):
+            return
+        self.items.update(getattr(report, "customop_items", None) or {})
+        info = getattr(report, "customop", None)
+        if info is not None:
+            self.details[report.nodeid] = info
+        if info is not None or report.when == "???" or report.nodeid in self.outcomes:
+            self.outcomes.setdefault(report.nodeid, ItemOutcome()).add(report_phase(report))
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if not self.enabled:
+            return
+        if hasattr(self.config, "workerinput"):
+            from .coverage import namespace_ops
+
+            self.config.workeroutput[_WORKEROUTPUT_KEY] = {
+                "coverage": namespace_ops(self._namespaces(self.items.values()))
+            }
+            return
+        if not hasattr(self.config, "workerinput") and not self.config.pluginmanager.hasplugin("dsession"):
+            from .coverage import namespace_ops  # no workers: this process imported the ops
+
+            self.coverage = namespace_ops(self._namespaces(self.items.values()))
+        self.report = self.build()
+        for target in self.targets:
+            if target.path is not None:
+                write_report(self.report, target)
+                self.written.append(target)
+        for warning in self.report.warnings:
+            warnings.warn(pytest.PytestWarning(f"pytest-customop: {warning}"))
+
+    # -- on the controller ------------------------------------------------------------------------
+    def merge_worker(self, worker_id: str, output: Optional[dict]) -> None:
+        """Take in what one pytest-xdist worker sent at its end (None when it crashed)."""
+        if output is None:
+            self.crashed_workers.append(worker_id)
+            return
+        self.workers_reported.append(worker_id)
+        for namespace, found in output.get("coverage", {}).items():
+            known = self.coverage.setdefault(namespace, {"ops": [], "no_autograd": []})
+            for key in ("ops", "no_autograd"):
+                known[key] = sorted(set(known[key]) | set(found.get(key, [])))
+
+    @staticmethod
+    def _namespaces(metas: Any) -> list[str]:
+        return sorted({m["op"].split("::", 1)[0] for m in metas if m.get("op") and "::" in m["op"]})
+
+    def build(self) -> Report:
+        """The report of everything gathered so far."""
+        import torch
+
+        from ..devices import available_devices
+
+        settings = self.config.stash[settings_key]
+        rows = []
+        for nodeid, phases in self.outcomes.items():
+            meta = self.details.get(nodeid) or self.items.get(nodeid)
+            if meta is None:  # not a customop item
+                continue
+            outcome, message = phases.outcome()
+            if message.startswith(f"{nodeid}: "):  # marker errors name the item, which the row does already
+                message = message[len(nodeid) + 2 :]
+            rows.append(
+                Row(meta.get("op"), meta.get("check"), meta.get("device"), meta.get("dtype"), outcome, message,
+                    phases.duration, nodeid, meta.get("samples"))
+            )
+        warnings_: list[str] = []
+        if self.crashed_workers:
+            crashed = ", ".join(sorted(self.crashed_workers))
+            warnings_.append(
+                f"pytest-xdist worker(s) {crashed} crashed; the item each was running, and any item left "
+                "unrun, are reported as errors"
+            )
+            for nodeid, meta in sorted(self.items.items()):
+                if nodeid not in self.outcomes:
+                    rows.append(Row(meta.get("op"), meta.get("check"), meta.get("device"), meta.get("dtype"),
+                                    "error", f"not run: pytest-xdist worker(s) {crashed} crashed", 0.0, nodeid))
+        tested = {row.op for row in rows if row.op} | {m["op"] for m in self.items.values() if m.get("op")}
+        coverage = [
+            NamespaceCoverage(
+                namespace,
+                found["ops"],
+                [op for op in found["ops"] if op not in tested],
+                found["no_autograd"],
+            )
+            for namespace, found in sorted(self.coverage.items())
+        ]
+        return Report(
+            torch=str(torch.__version__),
+            seed=settings.seed,
+            devices=available_devices(),
+            rows=rows,
+            coverage=coverage,
+            warnings=warnings_,
+        )
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.report is None:
+            return
+        if any(t.format == "terminal" for t in self.targets):
+            from .terminal import render
+
+            width = self.config.get_terminal_writer().fullwidth
+            terminalreporter.write_sep("=", "customop report")
+            for line in render(self.report, width):
+                for text, markup in line:
+                    terminalreporter.write(text, **markup)
+                terminalreporter.line("")
+        for target in self.written:
+            terminalreporter.write_line(f"customop report ({target.format}) written to {target.path}")
+
+
+class XdistReportHooks:
+    """The controller's side of pytest-xdist; registered only when pytest-xdist is installed."""
+
+    def __init__(self, plugin: ReportPlugin) -> None:
+        self.plugin = plugin
+
+    @pytest.hookimpl
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        output = getattr(node, "workeroutput", None) or {}
+        worker_id = getattr(getattr(node, "gateway", None), "id", "?")
+        # A crashed worker sends no output: what it ran arrived report by report, the rest is lost.
+        self.plugin.merge_worker(worker_id, output.get(_WORKEROUTPUT_KEY))
