@@ -61,7 +61,7 @@ def write_plain_suite(directory: Path, name: str, functions: int, per_function: 
     """The same shape with plain ``@pytest.mark.parametrize`` and no plugin work; returns the item count."""
     directory.mkdir(parents=True, exist_ok=True)
     cases = [f"cpu-float64-check{k}" for k in range(per_function)]
-    body = ["import pytest", ""]
+    body = ["import pytest", "import torch  # as the customop suite's op module does", ""]
     body += [PLAIN_TEST.format(cases=cases, index=i) for i in range(functions)]
     (directory / f"test_{name}.py").write_text("\n".join(body))
     return functions * per_function

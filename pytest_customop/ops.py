@@ -9,6 +9,7 @@ any C++ op registered with ``TORCH_LIBRARY`` (reached through the same strings a
 from __future__ import annotations
 
 import difflib
+import functools
 import enum
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -121,7 +122,7 @@ class ResolvedOp:
     def schema(self) -> Any:
         return self.overload._schema
 
-    @property
+    @functools.cached_property  # read on every call of the op by the checks
     def arguments(self) -> list[ArgInfo]:
         return [_arg_info(a) for a in self.schema.arguments]
 
