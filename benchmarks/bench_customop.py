@@ -31,6 +31,14 @@ ROOT = HERE.parent
 sys.path[:0] = [str(ROOT), str(HERE)]  # this checkout's pytest_customop, and the helpers beside this file
 
 
+def plugin_args() -> list[str]:
+    """``-p pytest_customop.plugin`` where the package is not installed (its entry point loads it otherwise)."""
+    from importlib.metadata import entry_points
+
+    installed = any(e.name == "customop" for e in entry_points(group="pytest11"))
+    return [] if installed else ["-p", "pytest_customop.plugin"]
+
+
 @dataclass(frozen=True)
 class Sizes:
     """What one run measures; ``--smoke`` shrinks everything."""
@@ -229,7 +237,7 @@ def pytest_item_time(op_name: str, arity: int, size: int, dtype: Any, check: str
     output = io.StringIO()
     with contextlib.redirect_stdout(output):
         code = pytest.main(
-            [str(workdir / f"test_{name}.py"), "-q", "-p", "no:cacheprovider", "--customop-seed=1",
+            [str(workdir / f"test_{name}.py"), *plugin_args(), "-q", "-p", "no:cacheprovider", "--customop-seed=1",
              "-o", "addopts=", "--rootdir", str(workdir)],
             plugins=[durations],
         )
@@ -353,7 +361,7 @@ def bench_failing(sizes: Sizes) -> dict[str, Any]:
 def _pytest(args: list[str], cwd: Path) -> float:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(cwd)]), PYTHONDONTWRITEBYTECODE="1")
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-o", "addopts=", *args],
+    proc = subprocess.run([sys.executable, "-m", "pytest", *plugin_args(), "-p", "no:cacheprovider", "-o", "addopts=", *args],
                           cwd=cwd, env=env, capture_output=True, text=True)
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
@@ -416,7 +424,20 @@ def memory_probe(config: str, size: int) -> None:
         torch.autograd.gradcheck(fn, tuple(inputs))
     elif config != "baseline":
         raise ValueError(config)
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    print(peak_rss_bytes())
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size. Linux's VmHWM starts afresh at exec; ``ru_maxrss`` would
+    carry over the peak of the (large) benchmark process that forked this one."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB elsewhere
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
 def bench_memory(sizes: Sizes) -> dict[str, Any]:
@@ -471,6 +492,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         parser.error(f"unknown section(s) {', '.join(sorted(unknown))}; known: {', '.join(SECTIONS)}")
 
     started = time.perf_counter()
+    # The benchmark is about the CPU: no accelerator items, even where one is present.
+    os.environ.setdefault("CUSTOMOP_DEVICES", "cpu")
     import torch
 
     import workloads
