@@ -48,7 +48,7 @@ def test_fast_mode_catches_a_one_percent_bug_torch_fast_mode_passes(pytester, ru
         [
             f"*{ns}::scaled_tanh gradcheck failed on cpu float64: 1 of 1 sample(s)*",
             "*gradient of input 'x' along a random direction: expected * (finite differences), got * (backward)*"
-            "[[]fast mode; torch.autograd.gradcheck passed it*",
+            "[[]fast mode*",
         ]
     )
 
