@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +52,7 @@ def default_tolerance(dtype: torch.dtype) -> Tolerance:
     return _TOLERANCES[torch.bfloat16]
 
 
+@functools.lru_cache(maxsize=None)  # dir(torch) costs ~10 ms; parse_dtype runs per marker dtype
 def _known_dtypes() -> dict[str, torch.dtype]:
     names = {}
     for name in dir(torch):

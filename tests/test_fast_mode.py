@@ -1,0 +1,70 @@
+"""Fast mode (large samples) must stay as strong as it is cheap.
+
+torch's fast-mode gradcheck scales its tolerance with the input's size: on a 64x64 input it passes a
+backward that is 1% off. The plugin adds one signed random projection per input with a tolerance that
+does not grow that way, so the bug is caught, and a correct op still passes (first and second order).
+"""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+OP_MODULE = """
+import pytest
+import torch
+from pytest_customop import SampleInput
+
+FACTOR = {factor}
+
+@torch.library.custom_op("{ns}::scaled_tanh", mutates_args=())
+def scaled_tanh(x: torch.Tensor) -> torch.Tensor:
+    return torch.tanh(x) * 2
+
+def setup_context(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0])
+
+def backward(ctx, grad):
+    (x,) = ctx.saved_tensors
+    return grad * 2 * (1 - torch.tanh(x) ** 2) * FACTOR
+
+scaled_tanh.register_autograd(backward, setup_context=setup_context)
+
+def samples(device, dtype, requires_grad):
+    yield SampleInput(torch.randn(64, 64, device=device, dtype=dtype, requires_grad=requires_grad))
+
+@pytest.mark.customop("{ns}::scaled_tanh", samples=samples, dtypes=["float64"])
+def test_scaled_tanh(customop):
+    customop.check()
+"""
+
+
+def test_fast_mode_catches_a_one_percent_bug_torch_fast_mode_passes(pytester, run, ns):
+    pytester.makepyfile(test_op=textwrap.dedent(OP_MODULE.format(ns=ns, factor=1.01)))
+    result = run("-k", "gradcheck and not gradgrad")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            f"*{ns}::scaled_tanh gradcheck failed on cpu float64: 1 of 1 sample(s)*",
+            "*gradient of input 'x' along a random direction: expected * (finite differences), got * (backward)*"
+            "[[]fast mode*",
+        ]
+    )
+
+
+def test_fast_mode_passes_a_correct_op_first_and_second_order(pytester, run, ns):
+    pytester.makepyfile(test_op=textwrap.dedent(OP_MODULE.format(ns=ns, factor=1.0)))
+    result = run("-v")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*cpu-float64-gradcheck*PASSED*", "*cpu-float64-gradgradcheck*PASSED*"])
+
+
+@pytest.mark.parametrize("threshold, mode", [("100000", "slow"), ("0", "fast")])
+def test_threshold_option_picks_the_mode_named_in_the_failure(pytester, run, ns, threshold, mode):
+    # A 2x bug on a small input: caught in both modes; the message names the mode used.
+    source = OP_MODULE.format(ns=ns, factor=2.0).replace("randn(64, 64", "randn(3, 4")
+    pytester.makepyfile(test_op=textwrap.dedent(source))
+    result = run("-k", "gradcheck and not gradgrad", f"--customop-fast-mode-threshold={threshold}")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([f"*gradient of input 'x'*[[]{mode} mode*"])
