@@ -88,7 +88,7 @@ def test_namespace_covers_exactly_the_untested_ops(run, library):
 
 def test_discovered_items_select_with_k_and_rerun_from_the_repro_line(run, library):
     ns = library
-    result = run("-v", f"--customop-namespace={ns}", "-k", f"{ns}::cube[cpu-float64-gradcheck]")
+    result = run("-v", f"--customop-namespace={ns}", "--customop-checks=gradcheck,gradgradcheck", "-k", f"{ns}::cube[cpu-float64-gradcheck]")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines([f"customop::{ns}::cube[[]cpu-float64-gradcheck[]] FAILED*", "*12 deselected*"])
 

@@ -119,6 +119,8 @@ class CompileCheck(Check):
     """
 
     name = "compile"
+    # Opt-in: needs a fake kernel, and pays a torch.compile warm-up per process.
+    default = False
     description = "forward and backward under torch.compile(fullgraph=True) agree with eager"
 
     def not_applicable(self, op: Any, spec: Any) -> Optional[str]:
