@@ -96,8 +96,11 @@ def docs_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Counte
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     env.pop("PYTEST_ADDOPTS", None)
+    # A block that registers hooks of its own (pytest_plugins = [__name__], where a project would use
+    # conftest.py) is loaded as a plugin at start-up, as a conftest would be.
+    plugins = [arg for b in BLOCKS if "pytest_plugins = [__name__]" in b.code for arg in ("-p", b.module)]
     completed = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--customop-seed=1234", "-q", f"--junitxml={junit}", "."],
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *plugins, "--customop-seed=1234", "-q", f"--junitxml={junit}", "."],
         cwd=directory,
         env=env,
         capture_output=True,
