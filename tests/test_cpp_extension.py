@@ -40,7 +40,9 @@ def test_cpp_ops_verified_for_real(pytester, run, monkeypatch):
     # be registered only once per process, so this test must not run twice in one session).
     pytester.makepyfile(test_cpp_ops=_example())
     result = run("-v")
-    result.assert_outcomes(passed=11, skipped=1, failed=1)
+    outcomes = result.parseoutcomes()
+    # Exactly the buggy C++ backward fails; every other item of the example passes or skips with a reason.
+    assert outcomes.get("failed") == 1 and not outcomes.get("errors") and outcomes.get("passed", 0) >= 9, outcomes
     result.stdout.fnmatch_lines_random(
         [
             "*test_mul[[]cpu-float64-gradcheck[]] PASSED*",
