@@ -27,7 +27,7 @@ from ..differentiation import OpCall, random_like, vjp, worst_mismatch
 from ..dtypes import dtype_id, is_differentiable_dtype, is_reference_precision, reference_dtype
 from ..samples import SampleInput
 from .base import Check, CheckContext, CheckResult, Finding, format_user_traceback
-from .gradcheck import _Diagnosis  # the same per-input finite-difference comparison gradcheck explains with
+from .gradcheck import FiniteDifferenceDiagnosis  # the per-input comparison gradcheck explains failures with
 from .opcheck import first_lines
 from .requires_grad_subsets import gradient_check_not_applicable
 
@@ -223,7 +223,7 @@ class EdgeShapesCheck(Check):
         try:
             if is_reference_precision(ctx.dtype):
                 eps = ctx.spec.eps or 1e-6
-                problems = _Diagnosis(ctx, eps, ctx.tolerance).run(call.function(mask), leaves, labels, "gradient", salt=1000 + number)
+                problems = FiniteDifferenceDiagnosis(ctx, eps, ctx.tolerance).run(call.function(mask), leaves, labels, "gradient", salt=1000 + number)
             else:
                 problems = self._against_reference(ctx, call, mask, grads, weights, labels)
         except Exception as exc:

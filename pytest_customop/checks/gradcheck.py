@@ -33,7 +33,7 @@ from ..differentiation import (
 from ..dtypes import Tolerance, dtype_id, is_differentiable_dtype, is_reference_precision, reference_dtype
 from .base import Check, CheckContext, CheckResult, Finding, format_user_traceback
 
-__all__ = ["GradCheck", "GradGradCheck", "refuses_double_backward"]
+__all__ = ["FiniteDifferenceDiagnosis", "GradCheck", "GradGradCheck", "refuses_double_backward"]
 
 # Inputs up to this many elements are diagnosed element by element (two forwards per element).
 _ELEMENTWISE_DIAGNOSIS_LIMIT = 256
@@ -78,7 +78,7 @@ def _first_lines(text: str, count: int = 3) -> str:
     return "\n".join(lines[:count])
 
 
-class _Diagnosis:
+class FiniteDifferenceDiagnosis:
     """Compare a function's backward with finite differences, input by input, naming each input."""
 
     def __init__(self, ctx: CheckContext, eps: float, tol: Tolerance) -> None:
@@ -294,7 +294,7 @@ class _GradientCheck(Check):
     ) -> list[tuple[str, str]]:
         """Per-input comparison of backward with finite differences, first or second order."""
         labels = [s.label for s in call.slots]
-        diagnosis = _Diagnosis(ctx, eps, tol)
+        diagnosis = FiniteDifferenceDiagnosis(ctx, eps, tol)
         if self.order == 1:
             return diagnosis.run(call.function(mask), leaves, labels, "gradient", index, elementwise)
         fn, weights = _gradient_grad_outputs(call, leaves, mask, ctx.generator(index))
