@@ -190,3 +190,71 @@ def test_scaled_copies(customop):
         "*test_top[[]cpu-float64-compile[]] PASSED*",
         "*test_scaled_copies[[]cpu-float64-opcheck[]] PASSED*",
     ])
+
+
+# -- eager-only ops: the fake-tensor parts do not apply ------------------------------------------------
+def test_an_op_without_a_fake_kernel_runs_opchecks_other_sub_tests_and_skips_compile(pytester, ns, run):
+    write(pytester, ns, '''
+        # custom_op without register_fake, and a Library op with only a CPU kernel: eager-only ops.
+        @torch.library.custom_op("NS::eager_mul", mutates_args=())
+        def eager_mul(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return x * y
+
+        eager_mul.register_autograd(mul_backward, setup_context=save_inputs)
+
+        lib = torch.library.Library("NS", "FRAGMENT")
+        lib.define("cpu_sin(Tensor x) -> Tensor")
+        lib.impl("cpu_sin", lambda x: torch.sin(x), "CompositeImplicitAutograd")
+        lib.define("cpu_cos(Tensor x) -> Tensor")
+        lib.impl("cpu_cos", lambda x: torch.cos(x), "CPU")
+
+        def one(device, dtype, requires_grad):  # no autograd formula for cpu_cos: inputs need no grad
+            yield SampleInput(torch.randn(3, dtype=dtype, device=device))
+
+        @pytest.mark.customop(eager_mul, samples=pair, checks=["opcheck", "compile"], dtypes=[torch.float64], devices=["cpu"])
+        def test_eager_mul(customop):
+            print("NOTES:", " | ".join(customop.check().notes))
+
+        @pytest.mark.customop("NS::cpu_cos", samples=one, checks=["opcheck", "compile"], dtypes=[torch.float64], devices=["cpu"])
+        def test_cpu_cos(customop):
+            print("NOTES:", " | ".join(customop.check().notes))
+
+        # A composite kernel decomposes into aten ops that run on fake tensors: compile applies.
+        @pytest.mark.customop("NS::cpu_sin", samples=one, checks=["compile"], dtypes=[torch.float64], devices=["cpu"])
+        def test_cpu_sin(customop):
+            customop.check()
+    ''')
+    result = run("-rs", "-s", "-v")
+    result.assert_outcomes(passed=3, skipped=2)
+    result.stdout.fnmatch_lines_random([
+        "*test_eager_mul[[]cpu-float64-opcheck[]] NOTES: test_schema: passed on 2 sample(s) | "
+        "test_autograd_registration: passed on 2 sample(s)*",
+        f"*test_faketensor: not run: {ns}::eager_mul has no fake (meta) kernel*register_fake*",
+        f"*test_aot_dispatch_dynamic: not run: {ns}::eager_mul has no fake (meta) kernel*",
+        "*test_eager_mul[[]cpu-float64-compile[]] SKIPPED*",
+        f"SKIPPED [[]1[]] test_ops.py:*: torch.compile traces with fake tensors: "
+        f"{ns}::eager_mul has no fake (meta) kernel*register_fake*",
+        f"SKIPPED [[]1[]] test_ops.py:*: torch.compile traces with fake tensors: {ns}::cpu_cos has no fake (meta) kernel*",
+        "*test_cpu_cos[[]cpu-float64-opcheck[]] NOTES: test_schema: passed on 1 sample(s)*",
+        "*test_cpu_sin[[]cpu-float64-compile[]] PASSED*",
+    ])
+
+
+def test_a_fake_kernel_that_raises_is_a_finding_not_a_missing_kernel(pytester, ns, run):
+    write(pytester, ns, '''
+        def broken_fake(x, y):
+            raise NotImplementedError("forgot the broadcast case")
+
+        mul = define_mul("raising_fake", broken_fake)
+
+        @pytest.mark.customop(mul, samples=pair, checks=["opcheck", "compile"], dtypes=[torch.float64], devices=["cpu"])
+        def test_mul(customop):
+            customop.check()
+    ''')
+    result = run("-v")
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines_random([
+        "*test_faketensor failed: *NotImplementedError*forgot the broadcast case*",
+        "*torch.compile(backend='eager') raised *",
+        "*got NotImplementedError('forgot the broadcast case')*",
+    ])

@@ -157,10 +157,16 @@ def test_a_marker_without_checks_runs_every_default_check_that_applies(pytester,
         "test_ops.py::test_double[[]cpu-float64-gradcheck[]]",
         "test_ops.py::test_double[[]cpu-float64-gradgradcheck[]]",
         "test_ops.py::test_double[[]cpu-float64-grad_keys[]]",
+        "test_ops.py::test_double[[]cpu-float64-forward_ad[]]",
+        "test_ops.py::test_double[[]cpu-float64-batched_grad[]]",
+        "test_ops.py::test_double[[]cpu-float64-noncontiguous[]]",
+        "test_ops.py::test_double[[]cpu-float64-nondeterminism[]]",
         "test_ops.py::test_double[[]cpu-float64-requires_grad_subsets[]]",
         "test_ops.py::test_double[[]cpu-float64-edge_shapes[]]",
+        "test_ops.py::test_double[[]cpu-float64-opcheck[]]",
+        "test_ops.py::test_double[[]cpu-float64-compile[]]",
         "test_ops.py::test_double[[]cpu-float64-finite_outputs[]]",
-        "*6 tests collected*",
+        "*12 tests collected*",
     ])
     assert "expensive" not in result.stdout.str()  # default = False: only where checks= names it
     # requires_grad_subsets does not apply to a one-input op: a skip with the reason, not a silent omission

@@ -55,8 +55,8 @@ def test_fast_mode_catches_a_one_percent_bug_torch_fast_mode_passes(pytester, ru
 
 def test_fast_mode_passes_a_correct_op_first_and_second_order(pytester, run, ns):
     pytester.makepyfile(test_op=textwrap.dedent(OP_MODULE.format(ns=ns, factor=1.0)))
-    result = run("-v")
-    result.assert_outcomes(passed=4, skipped=1)
+    result = run("-v", "-k", "gradcheck")
+    result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["*cpu-float64-gradcheck*PASSED*", "*cpu-float64-gradgradcheck*PASSED*"])
 
 

@@ -71,8 +71,8 @@ make_scale(correct)
 def test_scale(customop):
     customop.check()
 ''')
-    result = run("-v")
-    result.assert_outcomes(passed=5)
+    result = run("-v", "-k", "gradcheck or grad_keys")
+    result.assert_outcomes(passed=3)
     result.stdout.fnmatch_lines([
         "*test_scale[[]cpu-float64-gradcheck[]] PASSED*",
         "*test_scale[[]cpu-float64-gradgradcheck[]] PASSED*",

@@ -84,8 +84,6 @@ class BatchedGradCheck(Check):
 
     name = "batched_grad"
     description = "vmap over the backward (and over a registered vmap rule) against a loop"
-    #: Opt-in for now (checks=[...], --customop-checks): default items stay gradcheck/gradgradcheck.
-    default = False
 
     def run(self, ctx: CheckContext) -> CheckResult:
         prepared = gradient_samples(ctx)

@@ -26,6 +26,7 @@ import torch
 from ..differentiation import OpCall, Slot, flatten_outputs, random_like, vjp, worst_mismatch
 from ..dtypes import dtype_id
 from ..samples import SampleInput
+from ..fake_kernels import missing_fake_kernel
 from .base import Check, CheckContext, CheckResult, Finding
 from .opcheck import first_lines
 
@@ -69,6 +70,14 @@ def _dynamo_unsupported_reason() -> Optional[str]:
     if supported is not None and not supported():
         return f"torch.compile is not supported here (torch {torch.__version__}, this Python or platform)"
     return None
+
+
+def _fits(op: Any, sample: SampleInput) -> bool:
+    try:
+        op.bind(sample)
+    except TypeError:
+        return False
+    return True
 
 
 def _differentiable(t: Any) -> bool:
@@ -119,8 +128,6 @@ class CompileCheck(Check):
     """
 
     name = "compile"
-    # Opt-in: needs a fake kernel, and pays a torch.compile warm-up per process.
-    default = False
     description = "forward and backward under torch.compile(fullgraph=True) agree with eager"
 
     def not_applicable(self, op: Any, spec: Any) -> Optional[str]:
@@ -130,6 +137,13 @@ class CompileCheck(Check):
 
     def run(self, ctx: CheckContext) -> CheckResult:
         global _warmed_up
+        samples = ctx.samples(requires_grad=not ctx.op.is_mutable)
+        fitting = [s for s in samples if _fits(ctx.op, s)]
+        no_fake = missing_fake_kernel(ctx.op, fitting[0]) if fitting else None
+        if no_fake:
+            # Dynamo runs every op on fake tensors while it traces, whatever the backend. Asked
+            # before importing dynamo, which takes seconds.
+            return ctx.skipped(f"torch.compile traces with fake tensors: {no_fake}", total=len(samples))
         reason = _dynamo_unsupported_reason()
         if reason:
             return ctx.skipped(reason)
@@ -141,7 +155,6 @@ class CompileCheck(Check):
             backends = [backends]
         fullgraph = bool(options.get("fullgraph", True))
         dynamic = options.get("dynamic", False)
-        samples = ctx.samples(requires_grad=not ctx.op.is_mutable)
         findings: list[Finding] = []
         notes: list[str] = []
         failed_samples: set[int] = set()

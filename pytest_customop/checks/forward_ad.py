@@ -31,7 +31,9 @@ __all__ = ["ForwardADCheck", "registration_without_jvp"]
 _UNSUPPORTED = re.compile(
     r"must implement the jvp function|Trying to use forward AD|forward AD is not implemented"
     r"|not implemented for forward|forward.mode (?:AD|differentiation) .*not (?:supported|implemented)"
-    r"|derivative for .* is not implemented",
+    r"|derivative for .* is not implemented"
+    # a C++ torch::autograd::Function: "jvp is not implemented for the c++ API of custom Function yet"
+    r"|jvp is not implemented",
     re.IGNORECASE,
 )
 
@@ -74,8 +76,6 @@ class ForwardADCheck(Check):
 
     name = "forward_ad"
     description = "forward-mode AD (jvp) against a central finite difference along a random tangent"
-    #: Opt-in for now (checks=[...], --customop-checks): default items stay gradcheck/gradgradcheck.
-    default = False
 
     def not_applicable(self, op: ResolvedOp, spec: Any) -> Optional[str]:
         if spec.supports_forward_ad is False:

@@ -50,8 +50,6 @@ class NoncontiguousCheck(Check):
 
     name = "noncontiguous"
     description = "the same outputs and gradients with non-contiguous inputs and grad_outputs"
-    #: Opt-in for now (checks=[...], --customop-checks): default items stay gradcheck/gradgradcheck.
-    default = False
 
     def run(self, ctx: CheckContext) -> CheckResult:
         prepared = gradient_samples(ctx)

@@ -29,8 +29,6 @@ class NondeterminismCheck(Check):
 
     name = "nondeterminism"
     description = "repeated forward and backward on the same inputs agree within nondet_tol"
-    #: Opt-in for now (checks=[...], --customop-checks): default items stay gradcheck/gradgradcheck.
-    default = False
 
     def run(self, ctx: CheckContext) -> CheckResult:
         prepared = gradient_samples(ctx)

@@ -19,6 +19,7 @@ from typing import Any, Optional
 
 import torch
 
+from ..fake_kernels import missing_fake_kernel
 from .base import Check, CheckContext, CheckResult, Finding
 
 __all__ = ["OpCheck", "DEFAULT_SUB_TESTS", "available_sub_tests", "first_lines"]
@@ -28,6 +29,9 @@ DEFAULT_SUB_TESTS = ("test_schema", "test_autograd_registration", "test_faketens
 
 # Sub-tests torch silently passes when no input of the sample requires grad.
 _NEEDS_GRAD_INPUT = ("test_autograd_registration",)
+
+# Sub-tests that run the op on fake tensors: they do not apply to an op without a fake kernel.
+_NEEDS_FAKE_KERNEL = ("test_faketensor", "test_aot_dispatch")
 
 _warmed_up = False
 
@@ -76,6 +80,16 @@ def _any_requires_grad(value: Any) -> bool:
     return False
 
 
+def _first_missing_fake_kernel(ctx: CheckContext, samples: list) -> Optional[str]:
+    for sample in samples:
+        try:
+            ctx.op.bind(sample)
+        except TypeError:
+            continue
+        return missing_fake_kernel(ctx.op, sample)
+    return None
+
+
 class OpCheck(Check):
     """``torch.library.opcheck`` on every sample; each sub-test reported on its own.
 
@@ -84,8 +98,6 @@ class OpCheck(Check):
     """
 
     name = "opcheck"
-    # Opt-in: ops without a fake kernel (most eager-only ops) fail it by design.
-    default = False
     description = "torch.library.opcheck: schema, autograd registration, fake kernel, AOT dispatch"
 
     def not_applicable(self, op: Any, spec: Any) -> Optional[str]:
@@ -112,6 +124,14 @@ class OpCheck(Check):
         # Mutating ops cannot have autograd; inputs that require grad would only make the in-place
         # update an error, so they get plain inputs.
         samples = ctx.samples(requires_grad=not ctx.op.is_mutable)
+        # An eager-only op has no fake kernel: its fake-tensor and AOT sub-tests do not apply (the
+        # compile check says the same), the schema and autograd-registration ones still do.
+        no_fake = _first_missing_fake_kernel(ctx, samples)
+        not_applicable = [name for name in sub_tests if no_fake and name.startswith(_NEEDS_FAKE_KERNEL)]
+        not_run_notes = [f"{name}: not run: {no_fake}" for name in not_applicable]
+        sub_tests = [name for name in sub_tests if name not in not_applicable]
+        if not sub_tests:
+            return ctx.skipped(f"{', '.join(not_applicable)} not run: {no_fake}", total=len(samples), notes=notes)
         failures: dict[str, list[Finding]] = {name: [] for name in sub_tests}
         passed: dict[str, int] = {name: 0 for name in sub_tests}
         without_grad: dict[str, int] = {name: 0 for name in sub_tests}
@@ -145,9 +165,6 @@ class OpCheck(Check):
                     if not grad and (name in _NEEDS_GRAD_INPUT or name == "test_aot_dispatch_dynamic"):
                         without_grad[name] += 1
         elapsed = time.perf_counter() - started
-        if not _warmed_up:
-            _warmed_up = True
-            notes.append(f"{elapsed:.1f} s, including opcheck's one-time warm-up in this process")
         for name in sub_tests:
             if failures[name]:
                 where = ", ".join(str(f.sample_index) for f in failures[name])
@@ -159,6 +176,10 @@ class OpCheck(Check):
                     note += f" ({what} by torch on {without_grad[name]} without an input that requires grad)"
                 notes.append(note)
             findings.extend(failures[name])
+        notes += not_run_notes
+        if not _warmed_up:
+            _warmed_up = True
+            notes.append(f"{elapsed:.1f} s, including opcheck's one-time warm-up in this process")
         checked = len(samples) - unfit
         if findings:
             findings.sort(key=lambda f: (f.sample_index if f.sample_index is not None else -1))

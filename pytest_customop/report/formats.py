@@ -115,7 +115,7 @@ def _md_cell(rows: list[Row]) -> str:
 
 def _grid(report: Report, rows: list[Row]) -> tuple[list[str], list[str]]:
     rows = [row for row in rows if row.check is not None]
-    checks = sorted({row.check or "?" for row in rows})
+    checks = report.checks_of(rows)
     columns = sorted({row.column for row in rows}, key=lambda c: column_sort_key(c, report.devices))
     return checks, columns
 

@@ -173,12 +173,23 @@ class Report:
     rows: list[Row] = field(default_factory=list)
     coverage: list[NamespaceCoverage] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: Check names in the order their items were collected (registration order); others sort after.
+    check_order: list[str] = field(default_factory=list)
+
+    def check_sort_key(self, check: Optional[str]) -> tuple:
+        name = check or ""
+        return (self.check_order.index(name), "") if name in self.check_order else (len(self.check_order), name)
+
+    def checks_of(self, rows: list[Row]) -> list[str]:
+        """The checks among ``rows``, in check order: a table's row labels."""
+        return sorted({row.check or "?" for row in rows}, key=self.check_sort_key)
 
     def sorted_rows(self) -> list[Row]:
-        """Rows by op, check, then in the table's column order (devices found, dtypes wide to narrow)."""
+        """Rows by op, check (in check order), then in the table's column order (devices found, dtypes
+        wide to narrow)."""
         return sorted(
             self.rows,
-            key=lambda r: (r.op or "", r.check or "", column_sort_key(r.column, self.devices), r.nodeid),
+            key=lambda r: (r.op or "", self.check_sort_key(r.check), column_sort_key(r.column, self.devices), r.nodeid),
         )
 
     def ops(self) -> list[str]:

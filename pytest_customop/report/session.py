@@ -253,7 +253,12 @@ class ReportPlugin:
             )
             for namespace, found in sorted(self.coverage.items())
         ]
+        check_order: list[str] = []
+        for meta in self.items.values():  # in collection order: each op's checks in registration order
+            if meta.get("check") and meta["check"] not in check_order:
+                check_order.append(meta["check"])
         return Report(
+            check_order=check_order,
             torch=str(torch.__version__),
             seed=settings.seed,
             devices=available_devices(),

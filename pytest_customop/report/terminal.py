@@ -59,7 +59,7 @@ def _fold(widths: list[int], label_width: int, width: int) -> list[list[int]]:
 
 
 def _op_table(report: Report, rows: list[Row], width: int) -> list[Line]:
-    checks = sorted({row.check or "?" for row in rows})
+    checks = report.checks_of(rows)
     columns = sorted({row.column for row in rows}, key=lambda c: column_sort_key(c, report.devices))
     cells = {
         (check, column): _cell([r for r in rows if (r.check or "?") == check and r.column == column])
