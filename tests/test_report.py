@@ -109,6 +109,38 @@ def test_terminal_table_folds_columns_to_the_terminal_width(pytester: pytest.Pyt
     assert all(len(line) <= 60 for line in table)
 
 
+def test_check_rows_follow_the_items_order_not_the_alphabet(pytester: pytest.Pytester, ns: str, run) -> None:
+    pytester.makepyfile(
+        f"""
+        import pytest, torch
+        from torch.library import custom_op
+        from pytest_customop import SampleInput
+
+        @custom_op("{ns}::double", mutates_args=())
+        def double(x: torch.Tensor) -> torch.Tensor:
+            return x * 2
+
+        double.register_autograd(lambda ctx, grad: grad * 2)
+
+        def samples(device, dtype, requires_grad):
+            yield SampleInput(torch.ones(2, device=device, dtype=dtype, requires_grad=requires_grad))
+
+        @pytest.mark.customop(double, samples=samples, dtypes=["float64"], devices=["cpu"],
+                              checks=["edge_shapes", "gradcheck", "grad_keys", "batched_grad"])
+        def test_double(customop):
+            pytest.skip("the order is under test, not the op")
+        """
+    )
+    result = run("--customop-report", "--customop-report=json:report.json")
+    lines = result.stdout.lines
+    start = lines.index(f"{ns}::double  (4 skipped)")
+    labels = [line.split()[0] for line in lines[start + 2 : lines.index("", start)]]
+    # the items' order: the marker's checks= here, the checks' registration order without it
+    assert labels == ["edge_shapes", "gradcheck", "grad_keys", "batched_grad"]
+    rows = json.loads((pytester.path / "report.json").read_text())["results"]
+    assert [row["check"] for row in rows] == labels
+
+
 def test_terminal_table_is_coloured_under_color_yes(suite_run) -> None:
     result = suite_run("--customop-report", "--color=yes")
     # pytest's terminal writer: red and bold for FAILED, green for passed

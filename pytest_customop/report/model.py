@@ -173,7 +173,7 @@ class Report:
     rows: list[Row] = field(default_factory=list)
     coverage: list[NamespaceCoverage] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    #: Check names in the order their items were collected (registration order); others sort after.
+    #: Check names in the order their items were collected (a marker's checks=, else registration order).
     check_order: list[str] = field(default_factory=list)
 
     def check_sort_key(self, check: Optional[str]) -> tuple:

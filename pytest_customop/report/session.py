@@ -254,7 +254,7 @@ class ReportPlugin:
             for namespace, found in sorted(self.coverage.items())
         ]
         check_order: list[str] = []
-        for meta in self.items.values():  # in collection order: each op's checks in registration order
+        for meta in self.items.values():  # collection order: checks= order, else registration order
             if meta.get("check") and meta["check"] not in check_order:
                 check_order.append(meta["check"])
         return Report(
