@@ -139,10 +139,14 @@ class OpCall:
 
 
 def random_like(t: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Standard normal values shaped and typed like ``t``, drawn on the CPU for reproducibility."""
-    values = torch.randn(t.shape, generator=generator, dtype=torch.float64)
+    """Standard normal values shaped and typed like ``t``, drawn on the CPU for reproducibility.
+
+    Drawn in float32 (then converted): torch's float64 normal sampler is ~6x slower on the CPU (6.7 ms
+    against 1.2 ms for 512x512), more than the forward and backward of many ops, and a direction or a
+    grad_output needs no more than float32's resolution to be random."""
+    values = torch.randn(t.shape, generator=generator, dtype=torch.float32)
     if t.dtype.is_complex:
-        values = torch.complex(values, torch.randn(t.shape, generator=generator, dtype=torch.float64))
+        values = torch.complex(values, torch.randn(t.shape, generator=generator, dtype=torch.float32))
     return values.to(device=t.device, dtype=t.dtype)
 
 

@@ -68,3 +68,79 @@ def test_threshold_option_picks_the_mode_named_in_the_failure(pytester, run, ns,
     result = run("-k", "gradcheck and not gradgrad", f"--customop-fast-mode-threshold={threshold}")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines([f"*gradient of input 'x'*[[]{mode} mode*"])
+
+
+def test_fast_mode_full_jacobian_option_adds_torchs_slow_mode_message(pytester, run, ns):
+    source = OP_MODULE.format(ns=ns, factor=2.0).replace("randn(64, 64", "randn(3, 4")
+    pytester.makepyfile(test_op=textwrap.dedent(source))
+    plain = run("-k", "gradcheck and not gradgrad", "--customop-fast-mode-threshold=0")
+    assert "full Jacobians" not in plain.stdout.str()
+    result = run("-k", "gradcheck and not gradgrad", "--customop-fast-mode-threshold=0", "--customop-full-jacobian")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([
+        "*gradient of input 'x'*[[]fast mode]",
+        "*full Jacobians (slow mode, --customop-full-jacobian):",
+        "*Jacobian mismatch for output 0 with respect to input 0,",
+        "*numerical:tensor(*",
+    ])
+
+
+# Fast mode is the plugin's own (torch's fast mode costs twice as much and is weaker): it must still
+# find what torch's finds besides wrong values.
+AUTOGRAD_FUNCTION_OP = """
+import pytest
+import torch
+from pytest_customop import SampleInput
+
+class TwoOutputs(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.set_materialize_grads(False)  # the backward gets None for an unused output
+        ctx.save_for_backward(x)
+        return x * 2, x * 3
+
+    @staticmethod
+    def backward(ctx, g_double, g_triple):
+        {backward}
+
+lib = torch.library.Library("{ns}", "DEF")
+lib.define("two(Tensor x) -> (Tensor, Tensor)")
+lib.impl("two", lambda x: (x * 2, x * 3), "CompositeExplicitAutograd")
+lib.impl("two", TwoOutputs.apply, "Autograd")
+
+def samples(device, dtype, requires_grad):
+    yield SampleInput(torch.randn(64, 64, device=device, dtype=dtype, requires_grad=requires_grad))
+
+@pytest.mark.customop("{ns}::two", samples=samples, dtypes=["float64"], devices=["cpu"], checks=["gradcheck"])
+def test_two(customop):
+    customop.check()
+"""
+
+
+@pytest.mark.parametrize(
+    "backward, expected",
+    [
+        ("return g_double * 2 + g_triple * 3",
+         "*backward fails when every grad_output is undefined (None)*TypeError: unsupported operand*[[]fast mode]"),
+        ("return g_double * 2 + g_triple * 3 if g_double is not None and g_triple is not None else torch.ones(64, 64, dtype=torch.float64)",
+         "*backward returns nonzero gradients when every grad_output is undefined (None)*[[]fast mode]"),
+        ("return (g_double * 2 + g_triple * 3) * (1 + 1e-9 * torch.rand(()).item())",
+         "*backward is not reentrant: two backwards of input 'x' with the same grad_output differ by up to *"
+         "(nondet_tol=0*[[]fast mode]"),
+    ],
+    ids=["crashes-on-undefined", "nonzero-on-undefined", "not-reentrant"],
+)
+def test_fast_mode_finds_what_torchs_fast_mode_finds_besides_values(pytester, run, ns, backward, expected):
+    pytester.makepyfile(test_op=textwrap.dedent(AUTOGRAD_FUNCTION_OP.format(ns=ns, backward=backward)))
+    result = run()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([f"*{ns}::two gradcheck failed on cpu float64: 1 of 1 sample(s)", expected])
+
+
+def test_fast_mode_passes_a_correct_two_output_autograd_function(pytester, run, ns):
+    backward = (
+        "return None if g_double is None and g_triple is None else "
+        "(0 if g_double is None else g_double * 2) + (0 if g_triple is None else g_triple * 3)"
+    )
+    pytester.makepyfile(test_op=textwrap.dedent(AUTOGRAD_FUNCTION_OP.format(ns=ns, backward=backward)))
+    run().assert_outcomes(passed=1)

@@ -1,7 +1,10 @@
 """``gradcheck`` and ``gradgradcheck``: first and second derivatives against finite differences.
 
-In float64 and complex128 they run ``torch.autograd.gradcheck`` / ``gradgradcheck`` on every sample,
-fast or slow mode by input size. In lower precisions finite differences are meaningless (the numerical
+In float64 and complex128, samples up to the fast-mode threshold run ``torch.autograd.gradcheck`` /
+``gradgradcheck`` in slow mode (the full Jacobian). Larger ones run in fast mode: gradcheck's is the
+plugin's own (signed random projections with a size-independent tolerance, a reentrant backward,
+undefined grad_outputs: what torch's fast mode checks, stronger and at half its cost);
+gradgradcheck's is torch's, followed by the same signed projection. In lower precisions finite differences are meaningless (the numerical
 Jacobian of a float16 op is all zeros), so the op's gradients at that dtype are compared with the
 float64 gradients of the very same input values, under the dtype's tolerance.
 
@@ -116,20 +119,42 @@ class FiniteDifferenceDiagnosis:
                     continue
                 message = f"{what} of input {label}: {mismatch.describe('finite differences', 'backward')}"
             else:
-                direction = random_like(leaf.detach(), generator)
-                numeric_value = directional_vjp(fn, leaves, position, direction, weights, self.eps)
-                analytic_value = inner(grad, direction)
-                error = abs(numeric_value - analytic_value)
-                if error <= self.tol.atol * direction.numel() ** 0.5 + self.tol.rtol * abs(numeric_value):
+                found = directional_mismatch(fn, leaves, position, grad, weights, self.eps, self.tol, generator)
+                if found is None:
                     continue
-                message = (
-                    f"{what} of input {label} along a random direction: expected {numeric_value:.6g} "
-                    f"(finite differences), got {analytic_value:.6g} (backward); abs err {error:.3g}"
-                )
+                message = f"{what} of input {label} {found}"
             if grad is None:
                 message += "; backward returned None for it (taken as zeros) although it needs a gradient"
             problems.append((label, message))
         return problems
+
+
+def directional_mismatch(
+    fn: Callable[..., tuple],
+    leaves: Sequence[torch.Tensor],
+    position: int,
+    grad: Optional[torch.Tensor],
+    weights: Sequence[torch.Tensor],
+    eps: float,
+    tol: Tolerance,
+    generator: torch.Generator,
+) -> Optional[str]:
+    """Compare ``grad`` (the backward's VJP for input ``position``) with a central difference along one
+    signed random direction; None when they agree, else what was expected and got.
+
+    The tolerance, ``atol * sqrt(numel) + rtol * |finite difference|``, grows like the projection's
+    own rounding error, not like torch's fast mode's ``atol * sum(u) * sum(v)`` (which grows like the
+    input's size and lets a backward twice too large pass at 512x512)."""
+    direction = random_like(leaves[position].detach(), generator)
+    numeric_value = directional_vjp(fn, leaves, position, direction, weights, eps)
+    analytic_value = inner(grad, direction)
+    error = abs(numeric_value - analytic_value)
+    if error <= tol.atol * direction.numel() ** 0.5 + tol.rtol * abs(numeric_value):
+        return None
+    return (
+        f"along a random direction: expected {numeric_value:.6g} (finite differences), "
+        f"got {analytic_value:.6g} (backward); abs err {error:.3g}"
+    )
 
 
 def _sample_size(leaves: Sequence[torch.Tensor], outputs: Sequence[Any]) -> int:
@@ -251,11 +276,13 @@ class _GradientCheck(Check):
         if fast is None:
             fast = _sample_size(leaves, [o for o, m in zip(outputs, mask) if m]) > ctx.fast_mode_threshold
         fn = call.function(mask)
+        if fast and self.order == 1:
+            return self._fast_first_order(ctx, call, leaves, outputs, mask, index, notes, eps, tol)
         runner = torch.autograd.gradcheck if self.order == 1 else torch.autograd.gradgradcheck
         options: dict[str, Any] = dict(eps=eps, atol=tol.atol, rtol=tol.rtol, nondet_tol=ctx.spec.nondet_tol, fast_mode=fast)
         if self.order == 1:
             options["check_batched_grad"] = False
-        with warnings.catch_warnings(record=True) as caught, _without_slow_recompute(not ctx.full_jacobian):
+        with warnings.catch_warnings(record=True) as caught, _without_slow_recompute(True):
             warnings.simplefilter("always")
             try:
                 runner(fn, tuple(leaves), raise_exception=True, **options)
@@ -264,9 +291,9 @@ class _GradientCheck(Check):
                 error = exc
         missing_kernels = sorted({m.group(1) for w in caught for m in [_MISSING_AUTOGRAD_KERNEL.search(str(w.message))] if m})
         if error is None and fast:
-            # torch's fast mode scales its atol with the input size (a 1% error in the gradient of
-            # a 64x64 elementwise op passes it); a directional check with a size-independent
-            # tolerance closes that gap for the cost of two forwards per input.
+            # torch's fast mode scales its atol with the input size (a 1% error in the second
+            # derivative of a 64x64 elementwise op passes it); a directional check with a
+            # size-independent tolerance closes that gap for the cost of two forwards per input.
             problems = self._problems(ctx, call, leaves, mask, index, eps, tol, elementwise=False)
             if problems:
                 label, message = problems[0]
@@ -280,6 +307,70 @@ class _GradientCheck(Check):
             return []
         mode = "fast" if fast else "slow"
         return [self._explain(ctx, call, leaves, mask, index, error, missing_kernels, mode, eps, tol)]
+
+    def _fast_first_order(
+        self,
+        ctx: CheckContext,
+        call: OpCall,
+        leaves: list[torch.Tensor],
+        outputs: list[Any],
+        mask: list[bool],
+        index: int,
+        notes: list[str],
+        eps: float,
+        tol: Tolerance,
+    ) -> list[Finding]:
+        """Fast-mode gradcheck at the cost floor, on the forward already run: what torch's fast mode
+        checks (VJP against finite differences along random directions, a reentrant backward, undefined
+        output gradients), with signed directions and a tolerance that does not grow with the input.
+
+        One backward with random grad_outputs, a second to compare with it (``nondet_tol``), one with
+        undefined grad_outputs, and two forwards per input; torch's fast mode would add a forward, its
+        own finite differences and (failing) a full Jacobian."""
+        differentiable = [o for o, keep in zip(outputs, mask) if keep]
+        generator = ctx.generator(index)
+        weights = [random_like(o.detach(), generator) for o in differentiable]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                analytic = vjp(differentiable, leaves, weights, retain_graph=True)
+                again = vjp(differentiable, leaves, weights, retain_graph=True)
+                undefined = _undefined_grad_problem(differentiable, leaves)
+                error: Optional[BaseException] = None
+            except Exception as exc:
+                error = exc
+        missing_kernels = sorted({m.group(1) for w in caught for m in [_MISSING_AUTOGRAD_KERNEL.search(str(w.message))] if m})
+        if error is not None:
+            return [self._explain(ctx, call, leaves, mask, index, error, missing_kernels, "fast", eps, tol)]
+        labels = [s.label for s in call.slots]
+        for slot, first, second in zip(call.slots, analytic, again):
+            if first is None or second is None:
+                continue
+            difference = float((first - second).abs().max().item()) if first.numel() else 0.0
+            if difference > ctx.spec.nondet_tol:
+                return [Finding(
+                    index,
+                    f"backward is not reentrant: two backwards of input {slot.label} with the same grad_output "
+                    f"differ by up to {difference:.3g} (nondet_tol={ctx.spec.nondet_tol:g}; raise it in the "
+                    "marker if the backward is nondeterministic on purpose) [fast mode]",
+                    input_name=slot.name,
+                )]
+        if undefined is not None:
+            return [Finding(index, f"{undefined} [fast mode]")]
+        fn = call.function(mask)
+        for position, label in enumerate(labels):
+            found = directional_mismatch(fn, leaves, position, analytic[position], weights, eps, tol, generator)
+            if found is not None:
+                return [self._explain_mismatch(
+                    ctx, call, leaves, mask, index, missing_kernels, "fast", eps, tol,
+                    fallback=(label, f"gradient of input {label} {found}"),
+                )]
+        if missing_kernels:
+            notes.append(
+                f"sample {index}: backprop went through {', '.join(missing_kernels)}, which has no autograd kernel "
+                "(torch warned it may be silently incorrect)"
+            )
+        return []
 
     def _problems(
         self,
@@ -325,13 +416,34 @@ class _GradientCheck(Check):
                     "(register one with torch.library.register_autograd)",
                 )
             return Finding(index, f"backward raised {format_user_traceback(error)}")
+        return self._explain_mismatch(
+            ctx, call, leaves, mask, index, missing_kernels, mode, eps, tol, torch_says=_first_lines(str(error), 1)
+        )
+
+    def _explain_mismatch(
+        self,
+        ctx: CheckContext,
+        call: OpCall,
+        leaves: list[torch.Tensor],
+        mask: list[bool],
+        index: int,
+        missing_kernels: list[str],
+        mode: str,
+        eps: float,
+        tol: Tolerance,
+        torch_says: str = "",
+        fallback: Optional[tuple[str, str]] = None,
+    ) -> Finding:
+        """The finding for derivatives that disagree with finite differences: per input by schema name
+        (element by element for small inputs), with why when it can be told; ``fallback`` (label,
+        message) is the fast path's own finding, kept when the diagnosis draws other directions."""
         try:
             problems = self._problems(ctx, call, leaves, mask, index, eps, tol, elementwise=True)
-        except Exception as exc:  # the diagnosis itself hit the bug: report torch's finding
+        except Exception as exc:  # the diagnosis itself hit the bug: report what was found before
             problems = []
-            torch_says = f"{_first_lines(str(error), 1)} (diagnosis failed: {type(exc).__name__}: {exc})"
-        else:
-            torch_says = _first_lines(str(error), 1)
+            torch_says = f"{torch_says} (diagnosis failed: {type(exc).__name__}: {exc})"
+        if not problems and fallback is not None:
+            problems = [fallback]
         why = []
         if self.order == 2:
             detached = _detached_gradients(call, leaves, mask, ctx.generator(index))
@@ -346,11 +458,26 @@ class _GradientCheck(Check):
                 "is silently wrong (torch only warns)"
             )
         reason = f"; why: {'; '.join(why)}" if why else ""
+        full = self._full_jacobians(ctx, call, leaves, mask, eps, tol) if ctx.full_jacobian and mode == "fast" else ""
         if problems:
             label, message = problems[0]
             others = f" (also: {', '.join(p[0] for p in problems[1:])})" if len(problems) > 1 else ""
-            return Finding(index, f"{message}{others}{reason} [{mode} mode]", input_name=_slot_name(call, label))
-        return Finding(index, f"torch.autograd.{'gradcheck' if self.order == 1 else 'gradgradcheck'} ({mode} mode): {torch_says}{reason}")
+            return Finding(index, f"{message}{others}{reason} [{mode} mode]{full}", input_name=_slot_name(call, label))
+        return Finding(index, f"torch.autograd.{'gradcheck' if self.order == 1 else 'gradgradcheck'} ({mode} mode): {torch_says}{reason}{full}")
+
+    def _full_jacobians(
+        self, ctx: CheckContext, call: OpCall, leaves: list[torch.Tensor], mask: list[bool], eps: float, tol: Tolerance
+    ) -> str:
+        """torch's slow-mode message with both full Jacobians (``--customop-full-jacobian``): seconds to
+        minutes on large inputs, so only on request."""
+        runner = torch.autograd.gradcheck if self.order == 1 else torch.autograd.gradgradcheck
+        inputs = tuple(t.detach().requires_grad_(True) for t in leaves)
+        try:
+            runner(call.function(mask), inputs, eps=eps, atol=tol.atol, rtol=tol.rtol,
+                   nondet_tol=ctx.spec.nondet_tol, fast_mode=False, raise_exception=True)
+        except Exception as exc:
+            return f"\nfull Jacobians (slow mode, --customop-full-jacobian):\n{str(exc).strip()}"
+        return "\n(slow-mode gradcheck with full Jacobians passes: the disagreement is small or along few directions)"
 
     def _against_reference_dtype(self, ctx: CheckContext, call: OpCall, mask: list[bool], index: int) -> list[Finding]:
         ref_dtype = reference_dtype(ctx.dtype)
@@ -415,6 +542,31 @@ class _GradientCheck(Check):
                 real_loss(live, directions), [*leaves, *weights], allow_unused=True
             )
             return list(second), [w.detach() for w in weights]
+
+
+def _undefined_grad_problem(outputs: list[torch.Tensor], leaves: list[torch.Tensor]) -> Optional[str]:
+    """What torch's ``check_undefined_grad`` finds, on the graph already built: the backward must accept
+    undefined grad_outputs (all of them, and each alone) and then give zero or no gradients."""
+    make_undefined = getattr(getattr(torch._C, "_functions", None), "UndefinedGrad", None)
+    if make_undefined is None:  # pragma: no cover - not in this torch
+        return None
+    variants = [list(range(len(outputs)))]
+    if len(outputs) > 1:
+        variants += [[k] for k in range(len(outputs))]
+    for number, undefined in enumerate(variants):
+        marked = [make_undefined()(o) if k in undefined else o for k, o in enumerate(outputs)]
+        zeros = [torch.zeros_like(o) for o in marked]
+        which = "every grad_output" if len(undefined) == len(outputs) else f"grad_output[{undefined[0]}]"
+        try:
+            grads = torch.autograd.grad(marked, leaves, zeros, allow_unused=True, retain_graph=number < len(variants) - 1)
+        except Exception as exc:
+            return (
+                f"backward fails when {which} is undefined (None), as autograd passes it for an output that "
+                f"is not used: {type(exc).__name__}: {_first_lines(str(exc), 1)}"
+            )
+        if any(g is not None and not bool(g.eq(0).all()) for g in grads):
+            return f"backward returns nonzero gradients when {which} is undefined (None): they must be zero or None"
+    return None
 
 
 def _slot_name(call: OpCall, label: str) -> Optional[str]:
