@@ -392,18 +392,33 @@ def bench_collection(sizes: Sizes, workdir: Path) -> dict[str, Any]:
 # -- 4. xdist -----------------------------------------------------------------------------------------
 def bench_xdist(sizes: Sizes, workdir: Path) -> dict[str, Any]:
     import suites
+    from pytest_customop.checks import builtin
+    from pytest_customop.checks.registry import CheckRegistry
 
-    directory = workdir / "xdist"
-    items = suites.write_customop_suite(directory, "bxdist", sizes.xdist_items // 4, ["float64", "float32"],
-                                        ["gradcheck", "gradgradcheck"], rows=sizes.xdist_size, cols=sizes.xdist_size)
-    serial = _pytest(["-q", "-n", "0"], directory)
-    parallel = _pytest(["-q", "-n", "2"], directory)
-    table(f"pytest -n 2 against -n 0 on {items} check items (goal: >= 1.7x faster)",
-          ["run", "wall", "speed-up"],
-          [["-n 0", fmt_time(serial), "1.00x"], ["-n 2", fmt_time(parallel), f"{serial / parallel:.2f}x"]])
-    print(f"\nSamples {sizes.xdist_size}x{sizes.xdist_size} (slow-mode gradcheck). Wall time of the whole pytest process,"
-          " start-up included.")
-    return {"items": items, "serial_s": serial, "parallel_s": parallel}
+    registry = CheckRegistry()
+    builtin.pytest_customop_register_checks(registry)
+    defaults = registry.default_names()
+    dtypes = ["float64", "float32"]
+    configurations = [
+        ("gradcheck + gradgradcheck", ["gradcheck", "gradgradcheck"], True),
+        (f"default ({len(defaults)} checks)", defaults, False),
+    ]
+    rows, results = [], {}
+    for index, (label, checks, name_checks) in enumerate(configurations):
+        directory = workdir / f"xdist{index}"
+        functions = max(1, sizes.xdist_items // (len(dtypes) * len(checks)))
+        items = suites.write_customop_suite(directory, f"bxdist{index}", functions, dtypes, checks,
+                                            rows=sizes.xdist_size, cols=sizes.xdist_size, name_checks=name_checks)
+        serial = _pytest(["-q", "-n", "0"], directory)
+        parallel = _pytest(["-q", "-n", "2"], directory)
+        rows.append([label, str(items), fmt_time(serial), fmt_time(parallel), f"{serial / parallel:.2f}x"])
+        results[label] = {"items": items, "serial_s": serial, "parallel_s": parallel}
+    table(f"pytest -n 2 against -n 0 on about {sizes.xdist_items} check items (goal: >= 1.7x faster)",
+          ["checks per marker", "items", "-n 0", "-n 2", "speed-up"], rows)
+    print(f"\nSamples {sizes.xdist_size}x{sizes.xdist_size}, dtypes float64 and float32. Wall time of the whole pytest"
+          " process, start-up included; OMP_NUM_THREADS as in this process's environment"
+          f" ({os.environ.get('OMP_NUM_THREADS', 'unset')}).")
+    return results
 
 
 # -- 5. peak memory ------------------------------------------------------------------------------------

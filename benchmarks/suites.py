@@ -4,6 +4,7 @@ same size, written as files that pytest runs in a subprocess."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 OPS_MODULE = '''
 """Ops shared by the generated suites (imported by every generated test module)."""
@@ -26,6 +27,7 @@ def _tanh_backward(ctx, grad):
 
 
 scaled_tanh.register_autograd(_tanh_backward, setup_context=_tanh_setup)
+scaled_tanh.register_fake(lambda x: torch.empty_like(x))  # so that compile and opcheck apply in full
 
 
 def samples(device, dtype, requires_grad):
@@ -33,7 +35,7 @@ def samples(device, dtype, requires_grad):
 '''
 
 CUSTOMOP_TEST = '''
-@pytest.mark.customop("{ns}::scaled_tanh", samples=samples, dtypes={dtypes!r}, checks={checks!r})
+@pytest.mark.customop("{ns}::scaled_tanh", samples=samples, dtypes={dtypes!r}{checks})
 def test_op_{index}(customop):
     customop.check()
 '''
@@ -46,13 +48,18 @@ def test_op_{index}(case):
 
 
 def write_customop_suite(
-    directory: Path, ns: str, functions: int, dtypes: list[str], checks: list[str], rows: int = 3, cols: int = 4
+    directory: Path, ns: str, functions: int, dtypes: list[str], checks: Sequence[str], rows: int = 3, cols: int = 4,
+    name_checks: bool = True,
 ) -> int:
-    """``functions`` marked tests over one op; returns the number of items (functions x dtypes x checks)."""
+    """``functions`` marked tests over one op; returns the number of items (functions x dtypes x checks).
+
+    ``name_checks=False`` leaves ``checks=`` out of the markers (the default configuration: every check
+    that applies); ``checks`` must then be the default check names, to count the items."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / f"{ns}_ops.py").write_text(OPS_MODULE.format(ns=ns, rows=rows, cols=cols))
     body = ["import pytest", f"from {ns}_ops import samples", ""]
-    body += [CUSTOMOP_TEST.format(ns=ns, dtypes=dtypes, checks=checks, index=i) for i in range(functions)]
+    marker_checks = f", checks={list(checks)!r}" if name_checks else ""
+    body += [CUSTOMOP_TEST.format(ns=ns, dtypes=dtypes, checks=marker_checks, index=i) for i in range(functions)]
     (directory / f"test_{ns}.py").write_text("\n".join(body))
     return functions * len(dtypes) * len(checks)
 

@@ -7,6 +7,7 @@ torch is imported the first time a ``customop`` marker is collected.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import pytest
@@ -129,15 +130,26 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def pytest_report_header(config: pytest.Config) -> str:
+    settings = config.stash[settings_key]
+    seed = f"seed={settings.seed} (--customop-seed={settings.seed} repeats this run)"
+    if config.pluginmanager.hasplugin("dsession") and "torch" not in sys.modules:
+        # A pytest-xdist controller runs no test: importing torch here (2-4 s of CPU) would only
+        # compete with the workers starting up. The workers find the devices; the report shows them.
+        return f"customop: torch {_installed_torch_version()}, devices: found by each worker, {seed}"
     import torch
 
     from .devices import available_devices
 
-    settings = config.stash[settings_key]
-    return (
-        f"customop: torch {torch.__version__}, devices: {', '.join(available_devices())}, "
-        f"seed={settings.seed} (--customop-seed={settings.seed} repeats this run)"
-    )
+    return f"customop: torch {torch.__version__}, devices: {', '.join(available_devices())}, {seed}"
+
+
+def _installed_torch_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("torch")
+    except PackageNotFoundError:
+        return "(not installed)"
 
 
 def _registry(config: pytest.Config) -> Any:

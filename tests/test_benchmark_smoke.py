@@ -28,14 +28,16 @@ def test_benchmark_smoke_prints_every_section(tmp_path):
         "## Default configuration, float64",
         "## A failing check costs what a passing one does",
         "## Collecting 40 items",
-        "## pytest -n 2 against -n 0 on 8 check items",
+        "## pytest -n 2 against -n 0 on about 8 check items",
         "## Peak memory",
     ):
         assert heading in proc.stdout, f"{heading!r} missing from:\n{proc.stdout}"
     report = json.loads(out.read_text())
     assert report["smoke"] is True
     assert {row["check"] for row in report["overhead"]} == {"gradcheck", "gradgradcheck"}
-    assert report["collection"]["items"] == 40 and report["xdist"]["items"] == 8
+    assert report["collection"]["items"] == 40
+    gradchecks, defaults = report["xdist"].values()
+    assert gradchecks["items"] == 8 and defaults["items"] >= 8
     assert report["memory"]["small_torch_defaults_bytes"] > 0
 
 

@@ -113,6 +113,9 @@ class ReportPlugin:
         self.coverage: dict[str, dict[str, list[str]]] = {}  # namespace -> {"ops", "no_autograd"}
         self.workers_reported: list[str] = []
         self.crashed_workers: list[str] = []
+        # What the workers found (torch version, devices), so that the controller need not import torch.
+        self.worker_torch: Optional[str] = None
+        self.worker_devices: list[str] = []
         self.report: Optional[Report] = None
         self.written: list[ReportTarget] = []
         self._items_sent = False
@@ -181,8 +184,14 @@ class ReportPlugin:
         if hasattr(self.config, "workerinput"):
             from .coverage import namespace_ops
 
+            import torch
+
+            from ..devices import available_devices
+
             self.config.workeroutput[_WORKEROUTPUT_KEY] = {
-                "coverage": namespace_ops(self._namespaces(self.items.values()))
+                "coverage": namespace_ops(self._namespaces(self.items.values())),
+                "torch": str(torch.__version__),
+                "devices": available_devices(),
             }
             return
         if not hasattr(self.config, "workerinput") and not self.config.pluginmanager.hasplugin("dsession"):
@@ -204,6 +213,10 @@ class ReportPlugin:
             self.crashed_workers.append(worker_id)
             return
         self.workers_reported.append(worker_id)
+        self.worker_torch = output.get("torch", self.worker_torch)
+        for device in output.get("devices", []):
+            if device not in self.worker_devices:
+                self.worker_devices.append(device)
         for namespace, found in output.get("coverage", {}).items():
             known = self.coverage.setdefault(namespace, {"ops": [], "no_autograd": []})
             for key in ("ops", "no_autograd"):
@@ -215,10 +228,14 @@ class ReportPlugin:
 
     def build(self) -> Report:
         """The report of everything gathered so far."""
-        import torch
+        if self.worker_torch is not None:  # a pytest-xdist controller: the workers said
+            torch_version, devices = self.worker_torch, list(self.worker_devices)
+        else:
+            import torch
 
-        from ..devices import available_devices
+            from ..devices import available_devices
 
+            torch_version, devices = str(torch.__version__), available_devices()
         settings = self.config.stash[settings_key]
         rows = []
         for nodeid, phases in self.outcomes.items():
@@ -259,9 +276,9 @@ class ReportPlugin:
                 check_order.append(meta["check"])
         return Report(
             check_order=check_order,
-            torch=str(torch.__version__),
+            torch=torch_version,
             seed=settings.seed,
-            devices=available_devices(),
+            devices=devices,
             rows=rows,
             coverage=coverage,
             warnings=warnings_,
