@@ -112,6 +112,18 @@ OPTIONS: tuple[Option, ...] = (
         help="when a fast-mode gradcheck fails, recompute and print the full Jacobians (slow on "
         "large inputs; off by default).",
     ),
+    Option(
+        dest="customop_no_gc_freeze",
+        flag="--customop-no-gc-freeze",
+        env="CUSTOMOP_NO_GC_FREEZE",
+        ini="customop_no_gc_freeze",
+        parse=_boolean,
+        default=False,
+        is_flag=True,
+        help="do not freeze the objects alive after collection out of Python's garbage collector. By "
+        "default, in a process that imported torch, the plugin does (gc.freeze): every full "
+        "collection, five of them at the end of each session, then skips torch's millions of objects.",
+    ),
 )
 
 
@@ -125,6 +137,7 @@ class Settings:
     seed_was_given: bool = False
     fast_mode_threshold: int = 1024
     full_jacobian: bool = False
+    gc_freeze: bool = True
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -161,4 +174,5 @@ def resolve_settings(
         seed_was_given=seed is not None,
         fast_mode_threshold=values["customop_fast_mode_threshold"],
         full_jacobian=values["customop_full_jacobian"],
+        gc_freeze=not values["customop_no_gc_freeze"],
     )

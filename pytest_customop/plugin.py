@@ -78,7 +78,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+# pytest configs alive in this process: more than one means a run nested in a test (pytester's
+# in-process runs), which must leave the outer process's garbage collector alone.
+_live_configs = 0
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    global _live_configs
+    _live_configs += 1
     config.addinivalue_line("markers", MARKER_HELP)
     cli = {option.dest: config.getoption(option.dest) for option in OPTIONS}
     workerinput = getattr(config, "workerinput", None)
@@ -90,6 +97,10 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"pytest-customop: {exc}") from None
     config.stash[settings_key] = settings
     config.stash[marker_errors_key] = {}
+    if settings.gc_freeze:
+        from .gc_freeze import freeze_at_exit
+
+        freeze_at_exit()
     _configure_report(config)
     from .checks import builtin
 
@@ -127,6 +138,33 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     # a usage error; without them torch stays unimported until a customop marker is collected.
     if session.config.stash[settings_key].checks:
         _registry(session.config)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # After collection the test modules have imported torch: freeze its objects (see gc_freeze).
+    _freeze_gc(session)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    # Before pytest's five full collections at unconfigure: freeze what the run left alive
+    # (torch._dynamo, compiled code), after one collection whose unraisable exceptions pytest reports.
+    _freeze_gc(session)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    global _live_configs
+    _live_configs -= 1
+
+
+def _freeze_gc(session: pytest.Session) -> None:
+    if _live_configs > 1 or not session.config.stash[settings_key].gc_freeze:
+        return
+    if any(case_key in item.stash for item in session.items):
+        from .gc_freeze import freeze_objects_alive_now
+
+        freeze_objects_alive_now()
 
 
 def pytest_report_header(config: pytest.Config) -> str:

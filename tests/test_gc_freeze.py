@@ -1,0 +1,60 @@
+"""The plugin freezes the objects alive after collection and at session end out of Python's garbage
+collector (pytest's five full collections at unconfigure then skip torch's objects), only in a
+top-level run that has customop items, and not with --customop-no-gc-freeze."""
+
+from __future__ import annotations
+
+import gc
+
+PROBE = """
+import gc
+import pytest
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    print("FROZEN OBJECTS:", gc.get_freeze_count())
+"""
+
+TESTS = """
+import pytest
+import torch
+from pytest_customop import SampleInput
+
+@torch.library.custom_op("{ns}::double", mutates_args=())
+def double(x: torch.Tensor) -> torch.Tensor:
+    return x * 2
+
+double.register_autograd(lambda ctx, grad: grad * 2)
+
+def samples(device, dtype, requires_grad):
+    yield SampleInput(torch.randn(3, dtype=dtype, requires_grad=requires_grad))
+
+@pytest.mark.customop(double, samples=samples, dtypes=["float64"], devices=["cpu"], checks=["gradcheck"])
+def test_double(customop):
+    customop.check()
+"""
+
+
+def _frozen(result) -> int:
+    (line,) = [line for line in result.outlines if line.startswith("FROZEN OBJECTS:")]
+    return int(line.split(":")[1])
+
+
+def test_a_top_level_run_freezes_and_the_option_turns_it_off(pytester, ns):
+    pytester.makepyfile(probe=PROBE, test_ops=TESTS.format(ns=ns))
+    frozen = pytester.runpytest_subprocess("-p", "probe", "-s", "-p", "no:cacheprovider")
+    frozen.assert_outcomes(passed=1)
+    assert _frozen(frozen) > 100_000  # torch's objects
+    plain = pytester.runpytest_subprocess("-p", "probe", "-s", "-p", "no:cacheprovider", "--customop-no-gc-freeze")
+    plain.assert_outcomes(passed=1)
+    assert _frozen(plain) == 0
+
+
+def test_a_run_without_customop_items_or_nested_in_a_test_leaves_the_collector_alone(pytester, ns, run):
+    pytester.makepyfile(probe=PROBE, test_plain="def test_nothing():\n    pass\n")
+    plain = pytester.runpytest_subprocess("-p", "probe", "-s", "-p", "no:cacheprovider")
+    assert _frozen(plain) == 0
+    before = gc.get_freeze_count()
+    pytester.makepyfile(test_ops=TESTS.format(ns=ns))
+    run("test_ops.py").assert_outcomes(passed=1)  # in this process: the outer run's objects stay collectable
+    assert gc.get_freeze_count() == before
