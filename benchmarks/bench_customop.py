@@ -268,7 +268,7 @@ def bench_large(sizes: Sizes) -> list[dict[str, Any]]:
 
             gc = plugin_check(op_name, samples, torch.float64, "gradcheck")
             ggc = plugin_check(op_name, samples, torch.float64, "gradgradcheck")
-            repeat = max(3, sizes.repeat // (3 if size >= 512 else 1))
+            repeat = max(3, sizes.repeat // (2 if size >= 512 else 1))
             times = interleaved({"fwd+bwd": forward_backward, "gradcheck": gc, "gradgradcheck": ggc}, repeat)
             measured, seconds = full_jacobian[op_key](size)
             entry = dict(op=op_key, size=f"{size}x{size}", forward_backward_s=times["fwd+bwd"],

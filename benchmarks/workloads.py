@@ -73,16 +73,33 @@ def set_backward_factor(value: float) -> None:
 
 
 # -- the same checks by hand ------------------------------------------------------------------------
-def _signed_projection(fn: Callable, inputs: Sequence[torch.Tensor], eps: float, atol: float, rtol: float) -> None:
-    """What the plugin adds after a passing fast-mode gradcheck: per input, one random signed direction,
-    backward against a central difference."""
+def _randn(shape: torch.Size, g: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
+    # float32 draws, converted: torch's float64 normal sampler is ~6x slower on the CPU
+    return torch.randn(shape, generator=g, dtype=torch.float32).to(dtype)
+
+
+def _signed_projection(
+    fn: Callable, inputs: Sequence[torch.Tensor], eps: float, atol: float, rtol: float, nondet_tol: float | None = None
+) -> None:
+    """Per input, one random signed direction, backward against a central difference. With
+    ``nondet_tol`` also what torch's fast mode checks besides values, on the same graph: a second
+    backward agrees, and undefined grad_outputs give zero gradients (the plugin's fast gradcheck)."""
     g = torch.Generator().manual_seed(0)
     leaves = [t.detach().requires_grad_(True) for t in inputs]
     with torch.enable_grad():
         outs = fn(*leaves)
         outs = [outs] if isinstance(outs, torch.Tensor) else list(outs)
-    weights = [torch.randn(o.shape, generator=g, dtype=o.dtype) for o in outs]
-    grads = torch.autograd.grad(outs, leaves, weights, allow_unused=True)
+    weights = [_randn(o.shape, g, o.dtype) for o in outs]
+    grads = torch.autograd.grad(outs, leaves, weights, allow_unused=True, retain_graph=nondet_tol is not None)
+    if nondet_tol is not None:
+        again = torch.autograd.grad(outs, leaves, weights, allow_unused=True, retain_graph=True)
+        for a, b in zip(grads, again):
+            if a is not None and b is not None and float((a - b).abs().max()) > nondet_tol:
+                raise AssertionError("backward is not reentrant")
+        undefined = [torch._C._functions.UndefinedGrad()(o) for o in outs]
+        zeros = [torch.zeros_like(o) for o in undefined]
+        if any(z is not None and not bool(z.eq(0).all()) for z in torch.autograd.grad(undefined, leaves, zeros, allow_unused=True)):
+            raise AssertionError("nonzero gradients for undefined grad_outputs")
 
     def loss(xs):
         with torch.no_grad():
@@ -92,7 +109,7 @@ def _signed_projection(fn: Callable, inputs: Sequence[torch.Tensor], eps: float,
 
     base = [t.detach() for t in leaves]
     for k, grad in enumerate(grads):
-        d = torch.randn(base[k].shape, generator=g, dtype=base[k].dtype)
+        d = _randn(base[k].shape, g, base[k].dtype)
         plus, minus = list(base), list(base)
         plus[k], minus[k] = base[k] + eps * d, base[k] - eps * d
         numeric = (loss(plus) - loss(minus)) / (2 * eps)
@@ -114,24 +131,26 @@ def _second_order_vjp(fn: Callable, inputs: Sequence[torch.Tensor], dtype: torch
     g = torch.Generator().manual_seed(0)
     xs = [t.detach().to(dtype).requires_grad_(True) for t in inputs]
     out = fn(*xs)
-    w = torch.randn(out.shape, generator=g, dtype=torch.float64).to(dtype).requires_grad_(True)
+    w = _randn(out.shape, g, dtype).requires_grad_(True)
     first = torch.autograd.grad(out, xs, w, create_graph=True)
-    directions = [torch.randn(f.shape, generator=g, dtype=torch.float64).to(dtype) for f in first]
+    directions = [_randn(f.shape, g, dtype) for f in first]
     return list(torch.autograd.grad(first, [*xs, w], directions))
 
 
 def raw_gradcheck(fn: Callable, inputs: Sequence[torch.Tensor], fast: bool) -> None:
-    """gradcheck by hand: torch's in float64 (+ the signed projection in fast mode); at lower precision,
-    the backward against the float64 backward of the same values."""
+    """gradcheck by hand: in float64 torch's slow mode, or in fast mode signed projections with a reentrant
+    and an undefined-grad_output backward on the same graph; at lower precision, the backward against
+    the float64 backward of the same values."""
     if inputs[0].dtype == torch.float64:
-        torch.autograd.gradcheck(fn, tuple(inputs), fast_mode=fast, check_batched_grad=False)
         if fast:
-            _signed_projection(fn, inputs, 1e-6, 1e-5, 1e-3)
+            _signed_projection(fn, inputs, 1e-6, 1e-5, 1e-3, nondet_tol=0.0)
+        else:
+            torch.autograd.gradcheck(fn, tuple(inputs), fast_mode=False, check_batched_grad=False)
         return
     g = torch.Generator().manual_seed(0)
     xs = [t.detach().requires_grad_(True) for t in inputs]
     out = fn(*xs)
-    w = torch.randn(out.shape, generator=g, dtype=torch.float64)
+    w = _randn(out.shape, g, torch.float64)
     got = torch.autograd.grad(out, xs, w.to(out.dtype))
     refs = [t.detach().double().requires_grad_(True) for t in inputs]
     expected = torch.autograd.grad(fn(*refs), refs, w)
@@ -146,7 +165,7 @@ def raw_gradgradcheck(fn: Callable, inputs: Sequence[torch.Tensor], fast: bool) 
         if fast:
             with torch.no_grad():
                 out = fn(*inputs)
-            w = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype)
+            w = _randn(out.shape, torch.Generator().manual_seed(1), out.dtype)
             _signed_projection(_first_derivative(fn, len(inputs)), [*inputs, w], 1e-6, 1e-5, 1e-3)
         return
     got = _second_order_vjp(fn, inputs, inputs[0].dtype)

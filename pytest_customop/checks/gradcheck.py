@@ -247,7 +247,9 @@ class _GradientCheck(Check):
                     "forward detaches its result",
                 )
             ]
-        if self.order == 2:
+        if self.order == 2 and is_reference_precision(ctx.dtype):
+            # Before torch's gradgradcheck, which would see zeros where the backward refuses; at lower
+            # precision _derivatives asks the same of the derivatives it computes anyway.
             try:
                 first = _first_derivatives_with_graph(call, leaves, mask, ctx.generator(index))
             except Exception as exc:
@@ -258,7 +260,7 @@ class _GradientCheck(Check):
                 raise _Refused("its backward is marked @once_differentiable")
         if is_reference_precision(ctx.dtype):
             return self._against_finite_differences(ctx, call, leaves, outputs, mask, index, notes)
-        return self._against_reference_dtype(ctx, call, mask, index)
+        return self._against_reference_dtype(ctx, call, leaves, outputs, mask, index)
 
     def _against_finite_differences(
         self,
@@ -479,12 +481,15 @@ class _GradientCheck(Check):
             return f"\nfull Jacobians (slow mode, --customop-full-jacobian):\n{str(exc).strip()}"
         return "\n(slow-mode gradcheck with full Jacobians passes: the disagreement is small or along few directions)"
 
-    def _against_reference_dtype(self, ctx: CheckContext, call: OpCall, mask: list[bool], index: int) -> list[Finding]:
+    def _against_reference_dtype(
+        self, ctx: CheckContext, call: OpCall, leaves: list[torch.Tensor], outputs: list[Any], mask: list[bool], index: int
+    ) -> list[Finding]:
         ref_dtype = reference_dtype(ctx.dtype)
         reference = call.with_dtype(ref_dtype)
         generator = ctx.generator(index)
         try:
-            got = self._derivatives(call, call.leaves(), mask, generator, weights=None)
+            # The forward already run on these leaves is reused: a low-precision check is ~1 ms.
+            got = self._derivatives(call, leaves, mask, generator, weights=None, outputs=outputs)
             expected = self._derivatives(reference, reference.leaves(), mask, generator=None, weights=got[1])
         except _Refused:
             raise
@@ -518,12 +523,16 @@ class _GradientCheck(Check):
         mask: Sequence[bool],
         generator: Optional[torch.Generator],
         weights: Optional[list[torch.Tensor]],
+        outputs: Optional[list[Any]] = None,
     ) -> tuple[list[Optional[torch.Tensor]], list[torch.Tensor]]:
         """First (or second) derivatives with respect to each input, and the weights used.
 
-        With ``weights`` given (the low-precision run's, converted) the same directions are reused."""
+        With ``weights`` given (the low-precision run's, converted) the same directions are reused;
+        ``outputs``, the op's outputs on ``leaves`` with their graph, saves a forward when given."""
         with torch.enable_grad():
-            outputs = [o for o, keep in zip(call.outputs(leaves), mask) if keep]
+            if outputs is None:
+                outputs = call.outputs(leaves)
+            outputs = [o for o, keep in zip(outputs, mask) if keep]
             if weights is None:
                 assert generator is not None
                 weights = [random_like(o, generator) for o in outputs]
@@ -533,6 +542,8 @@ class _GradientCheck(Check):
                 return vjp(outputs, leaves, weights), weights
             weights = [w.detach().requires_grad_(True) for w in weights]
             first = vjp(outputs, leaves, weights, create_graph=True)
+            if _once_differentiable(first):
+                raise _Refused("its backward is marked @once_differentiable")
             live = [g for g in first if g is not None and g.requires_grad]
             if not live:
                 return [None] * (len(leaves) + len(weights)), weights
