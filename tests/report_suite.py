@@ -81,3 +81,21 @@ def test_plain():
 
 def suite(ns: str) -> str:
     return SUITE.replace("{ns}", ns)
+
+
+def double_op(ns: str) -> str:
+    """Source defining ``{ns}::double`` (a correct op) and ``samples``: a test module's first lines."""
+    return f"""
+import pytest, torch
+from torch.library import custom_op
+from pytest_customop import SampleInput
+
+@custom_op("{ns}::double", mutates_args=())
+def double(x: torch.Tensor) -> torch.Tensor:
+    return x * 2
+
+double.register_autograd(lambda ctx, grad: grad * 2)
+
+def samples(device, dtype, requires_grad):
+    yield SampleInput(torch.ones(2, device=device, dtype=dtype, requires_grad=requires_grad))
+"""

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import textwrap
 import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
 
 import pytest
-from report_suite import suite
+from report_suite import double_op, suite
 
 REPORT_FIELDS = {"op", "check", "device", "dtype", "outcome", "message", "duration_s", "nodeid", "samples"}
 
@@ -72,28 +73,14 @@ def test_no_report_without_the_option(suite_run) -> None:
 
 
 def test_terminal_table_folds_columns_to_the_terminal_width(pytester: pytest.Pytester, ns: str, run, monkeypatch) -> None:
-    pytester.makepyfile(
-        f"""
-        import pytest, torch
-        from torch.library import custom_op
-        from pytest_customop import SampleInput
-
-        @custom_op("{ns}::double", mutates_args=())
-        def double(x: torch.Tensor) -> torch.Tensor:
-            return x * 2
-
-        double.register_autograd(lambda ctx, grad: grad * 2)
-
-        def samples(device, dtype, requires_grad):
-            yield SampleInput(torch.ones(2, device=device, dtype=dtype, requires_grad=requires_grad))
+    pytester.makepyfile(double_op(ns) + textwrap.dedent('''
 
         DTYPES = ["float64", "float32", "complex128", "complex64", "float16", "bfloat16"]
 
         @pytest.mark.customop(double, samples=samples, dtypes=DTYPES, checks=["gradcheck"])
         def test_double(customop):
             pytest.skip("the layout is under test, not the op")
-        """
-    )
+        '''))
     monkeypatch.setenv("COLUMNS", "60")
     result = run("--customop-report")
     result.assert_outcomes(skipped=6)
@@ -110,27 +97,13 @@ def test_terminal_table_folds_columns_to_the_terminal_width(pytester: pytest.Pyt
 
 
 def test_check_rows_follow_the_items_order_not_the_alphabet(pytester: pytest.Pytester, ns: str, run) -> None:
-    pytester.makepyfile(
-        f"""
-        import pytest, torch
-        from torch.library import custom_op
-        from pytest_customop import SampleInput
-
-        @custom_op("{ns}::double", mutates_args=())
-        def double(x: torch.Tensor) -> torch.Tensor:
-            return x * 2
-
-        double.register_autograd(lambda ctx, grad: grad * 2)
-
-        def samples(device, dtype, requires_grad):
-            yield SampleInput(torch.ones(2, device=device, dtype=dtype, requires_grad=requires_grad))
+    pytester.makepyfile(double_op(ns) + textwrap.dedent('''
 
         @pytest.mark.customop(double, samples=samples, dtypes=["float64"], devices=["cpu"],
                               checks=["edge_shapes", "gradcheck", "grad_keys", "batched_grad"])
         def test_double(customop):
             pytest.skip("the order is under test, not the op")
-        """
-    )
+        '''))
     result = run("--customop-report", "--customop-report=json:report.json")
     lines = result.stdout.lines
     start = lines.index(f"{ns}::double  (4 skipped)")
@@ -241,27 +214,13 @@ class _HTMLTable(HTMLParser):
 
 
 def test_html_file_is_self_contained_and_escaped(pytester: pytest.Pytester, ns: str, run) -> None:
-    pytester.makepyfile(
-        f"""
-        import pytest, torch
-        from torch.library import custom_op
-        from pytest_customop import SampleInput
-
-        @custom_op("{ns}::double", mutates_args=())
-        def double(x: torch.Tensor) -> torch.Tensor:
-            return x * 2
-
-        double.register_autograd(lambda ctx, grad: grad * 2)
-
-        def samples(device, dtype, requires_grad):
-            yield SampleInput(torch.ones(2, device=device, dtype=dtype, requires_grad=requires_grad))
+    pytester.makepyfile(double_op(ns) + textwrap.dedent('''
 
         @pytest.mark.customop(double, samples=samples, dtypes=["float64"], checks=["gradcheck"])
         def test_double(customop):
             customop.check()
             raise ValueError("<script>alert('x')</script> & more")
-        """
-    )
+        '''))
     result = run("--customop-report=html:report.html")
     result.assert_outcomes(failed=1)
     text = (pytester.path / "report.html").read_text()

@@ -291,7 +291,7 @@ class _GradientCheck(Check):
                 error: Optional[BaseException] = None
             except Exception as exc:
                 error = exc
-        missing_kernels = sorted({m.group(1) for w in caught for m in [_MISSING_AUTOGRAD_KERNEL.search(str(w.message))] if m})
+        missing_kernels = _missing_autograd_kernels(caught)
         if error is None and fast:
             # torch's fast mode scales its atol with the input size (a 1% error in the second
             # derivative of a 64x64 elementwise op passes it); a directional check with a
@@ -302,10 +302,7 @@ class _GradientCheck(Check):
                 return [Finding(index, f"{message} [fast mode]", input_name=_slot_name(call, label))]
         if error is None:
             if missing_kernels:
-                notes.append(
-                    f"sample {index}: backprop went through {', '.join(missing_kernels)}, which has no autograd kernel "
-                    "(torch warned it may be silently incorrect)"
-                )
+                notes.append(_missing_kernel_note(index, missing_kernels))
             return []
         mode = "fast" if fast else "slow"
         return [self._explain(ctx, call, leaves, mask, index, error, missing_kernels, mode, eps, tol)]
@@ -341,7 +338,7 @@ class _GradientCheck(Check):
                 error: Optional[BaseException] = None
             except Exception as exc:
                 error = exc
-        missing_kernels = sorted({m.group(1) for w in caught for m in [_MISSING_AUTOGRAD_KERNEL.search(str(w.message))] if m})
+        missing_kernels = _missing_autograd_kernels(caught)
         if error is not None:
             return [self._explain(ctx, call, leaves, mask, index, error, missing_kernels, "fast", eps, tol)]
         labels = [s.label for s in call.slots]
@@ -368,10 +365,7 @@ class _GradientCheck(Check):
                     fallback=(label, f"gradient of input {label} {found}"),
                 )]
         if missing_kernels:
-            notes.append(
-                f"sample {index}: backprop went through {', '.join(missing_kernels)}, which has no autograd kernel "
-                "(torch warned it may be silently incorrect)"
-            )
+            notes.append(_missing_kernel_note(index, missing_kernels))
         return []
 
     def _problems(
@@ -553,6 +547,18 @@ class _GradientCheck(Check):
                 real_loss(live, directions), [*leaves, *weights], allow_unused=True
             )
             return list(second), [w.detach() for w in weights]
+
+
+def _missing_autograd_kernels(caught: Sequence[warnings.WarningMessage]) -> list[str]:
+    """The ops torch warned about while differentiating: "an autograd kernel was not registered"."""
+    return sorted({m.group(1) for w in caught for m in [_MISSING_AUTOGRAD_KERNEL.search(str(w.message))] if m})
+
+
+def _missing_kernel_note(index: int, kernels: list[str]) -> str:
+    return (
+        f"sample {index}: backprop went through {', '.join(kernels)}, which has no autograd kernel "
+        "(torch warned it may be silently incorrect)"
+    )
 
 
 def _undefined_grad_problem(outputs: list[torch.Tensor], leaves: list[torch.Tensor]) -> Optional[str]:
