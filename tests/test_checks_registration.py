@@ -258,3 +258,36 @@ def test_a_fake_kernel_that_raises_is_a_finding_not_a_missing_kernel(pytester, n
         "*torch.compile(backend='eager') raised *",
         "*got NotImplementedError('forgot the broadcast case')*",
     ])
+
+
+# -- the default configuration on correct ops of every kind ---------------------------------------------
+def test_correct_ops_of_every_kind_pass_every_default_check_or_skip_with_a_reason(pytester, ns, run):
+    body = '''
+@pytest.mark.customop("NS::square", samples=singles, dtypes=[torch.float64, torch.float32], devices=["cpu"])
+def test_square(customop):
+    customop.check()
+
+@pytest.mark.customop(scale_, samples=scale_samples, dtypes=[torch.float64, torch.float32], devices=["cpu"])
+def test_scale_(customop):
+    customop.check()
+
+@pytest.mark.customop(top, samples=singles, dtypes=[torch.float64, torch.float32], devices=["cpu"])
+def test_top(customop):
+    customop.check()
+
+@pytest.mark.customop(scaled_copies, samples=list_samples, dtypes=[torch.float64, torch.float32], devices=["cpu"])
+def test_scaled_copies(customop):
+    customop.check()
+'''
+    pytester.makepyfile(test_ops=(HEADER + CORRECT_OPS + body).replace("NS", ns))
+    result = run("-rs")
+    outcomes = result.parseoutcomes()
+    # no marker names its checks: every registered default check runs, 4 ops x 2 dtypes of them
+    assert outcomes.get("failed", 0) == 0 and outcomes.get("errors", 0) == 0, result.stdout.str()[-4000:]
+    assert outcomes.get("passed", 0) + outcomes.get("skipped", 0) == 4 * 2 * 11
+    skips = [line for line in result.outlines if line.startswith("SKIPPED")]
+    assert skips and all(line.split(": ", 1)[1].strip() for line in skips)  # each skip says why
+    text = "\n".join(skips)
+    assert "refuses double backward" in text  # square
+    assert f"{ns}::scale_ mutates 'x'" in text  # the gradient checks of the mutating op
+    assert "forward-mode AD" in text  # custom_op ops cannot register a jvp
