@@ -1,5 +1,5 @@
-"""Pieces shared by the checks that differentiate one sample several ways (forward_ad, batched_grad,
-noncontiguous, nondeterminism): which samples can be differentiated, why not, and comparisons that
+"""Pieces shared by the checks that differentiate samples (gradcheck, gradgradcheck, grad_keys,
+forward_ad, batched_grad, noncontiguous, nondeterminism): which samples can be differentiated, why not, and comparisons that
 treat a NaN found on both sides as agreement."""
 
 from __future__ import annotations

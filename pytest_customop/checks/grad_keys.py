@@ -14,8 +14,8 @@ from typing import Any
 import torch
 
 from ..differentiation import OpCall, flatten_outputs, random_like
-from ..dtypes import dtype_id, is_differentiable_dtype
 from ..kernel import GradientValidationError, TensorMeta, tensor_problems, kernel_for
+from ._support import gradient_samples
 from .base import Check, CheckContext, CheckResult, Finding, format_user_traceback
 
 __all__ = ["GradKeysCheck"]
@@ -31,31 +31,25 @@ class GradKeysCheck(Check):
     )
 
     def run(self, ctx: CheckContext) -> CheckResult:
-        if not is_differentiable_dtype(ctx.dtype):
-            return ctx.skipped(f"{dtype_id(ctx.dtype)} tensors cannot require grad: nothing to differentiate")
-        samples = ctx.samples(requires_grad=True)
-        findings: list[Finding] = []
+        prepared = gradient_samples(ctx)
+        if prepared.skip_reason:
+            return ctx.skipped(prepared.skip_reason, total=prepared.total)
+        samples_total = prepared.total
+        findings: list[Finding] = list(prepared.findings)
         notes: list[str] = []
         checked = 0
         kernel = None
-        for index, sample in enumerate(samples):
-            try:
-                call = OpCall(ctx.op, sample)
-            except TypeError as exc:
-                findings.append(Finding(index, f"the sample does not fit the schema: {exc}"))
-                continue
-            if not call.slots:
-                continue
+        for index, call in prepared.calls:
             leaves = call.leaves()
             bound = call.substitute(leaves)
             if kernel is None:
                 try:
                     kernel = kernel_for(ctx.op, bound, ctx.cache)
                 except Exception as exc:
-                    return ctx.failed([Finding(index, f"forward raised {format_user_traceback(exc)}")], total=len(samples))
+                    return ctx.failed([Finding(index, f"forward raised {format_user_traceback(exc)}")], total=samples_total)
                 source = kernel.source
                 if source.style == "none":
-                    return ctx.failed([Finding(None, f"{source.detail}: its gradients cannot be validated")], total=len(samples))
+                    return ctx.failed([Finding(None, f"{source.detail}: its gradients cannot be validated")], total=samples_total)
                 if source.is_python:
                     notes.append(f"backward: {source.describe()}")
                 else:
@@ -67,14 +61,9 @@ class GradKeysCheck(Check):
             checked += 1
             findings.extend(problems)
         if findings:
-            return ctx.failed(findings, total=len(samples), checked=checked, notes=notes)
-        if checked == 0:
-            return ctx.skipped(
-                f"no sample has an input that requires grad at {dtype_id(ctx.dtype)} "
-                "(samples(device, dtype, requires_grad=True) should make floating inputs require grad)",
-                total=len(samples),
-            )
-        return ctx.passed(checked, len(samples), notes=notes)
+            findings.sort(key=lambda f: -1 if f.sample_index is None else f.sample_index)  # in sample order
+            return ctx.failed(findings, total=samples_total, checked=checked, notes=notes)
+        return ctx.passed(checked, samples_total, notes=notes)
 
     def _check_sample(
         self, ctx: CheckContext, kernel: Any, call: OpCall, leaves: list[torch.Tensor], bound: dict, index: int

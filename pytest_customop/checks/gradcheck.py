@@ -33,7 +33,8 @@ from ..differentiation import (
     vjp,
     worst_mismatch,
 )
-from ..dtypes import Tolerance, dtype_id, is_differentiable_dtype, is_reference_precision, reference_dtype
+from ..dtypes import Tolerance, dtype_id, is_reference_precision, reference_dtype
+from ._support import gradient_samples
 from .base import Check, CheckContext, CheckResult, Finding, format_user_traceback
 
 __all__ = ["FiniteDifferenceDiagnosis", "GradCheck", "GradGradCheck", "refuses_double_backward"]
@@ -187,21 +188,14 @@ class _GradientCheck(Check):
     order = 1
 
     def run(self, ctx: CheckContext) -> CheckResult:
-        if not is_differentiable_dtype(ctx.dtype):
-            return ctx.skipped(f"{dtype_id(ctx.dtype)} tensors cannot require grad: nothing to differentiate")
-        samples = ctx.samples(requires_grad=True)
-        findings: list[Finding] = []
+        prepared = gradient_samples(ctx)
+        if prepared.skip_reason:
+            return ctx.skipped(prepared.skip_reason, total=prepared.total)
+        findings: list[Finding] = list(prepared.findings)
         notes: list[str] = []
         refusals: list[str] = []
         checked = 0
-        for index, sample in enumerate(samples):
-            try:
-                call = OpCall(ctx.op, sample)
-            except TypeError as exc:
-                findings.append(Finding(index, f"the sample does not fit the schema: {exc}"))
-                continue
-            if not call.slots:
-                continue
+        for index, call in prepared.calls:
             try:
                 problems = self._check_sample(ctx, call, index, notes)
             except _Refused as refusal:
@@ -216,17 +210,12 @@ class _GradientCheck(Check):
                 return ctx.skipped(
                     "backward refuses double backward (declare supports_gradgrad=False to skip "
                     f"without running): {refusals[0]}",
-                    total=len(samples),
+                    total=prepared.total,
                 )
         if findings:
-            return ctx.failed(findings, total=len(samples), checked=checked, notes=notes)
-        if checked == 0:
-            return ctx.skipped(
-                f"no sample has an input that requires grad at {dtype_id(ctx.dtype)} "
-                "(samples(device, dtype, requires_grad=True) should make floating inputs require grad)",
-                total=len(samples),
-            )
-        return ctx.passed(checked, len(samples), notes=notes)
+            findings.sort(key=lambda f: -1 if f.sample_index is None else f.sample_index)  # in sample order
+            return ctx.failed(findings, total=prepared.total, checked=checked, notes=notes)
+        return ctx.passed(checked, prepared.total, notes=notes)
 
     # -- one sample ---------------------------------------------------------------------------
     def _check_sample(self, ctx: CheckContext, call: OpCall, index: int, notes: list[str]) -> list[Finding]:
