@@ -10,7 +10,7 @@ fake kernel that exists but is wrong is not this module's business: the checks r
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import torch
 
@@ -31,24 +31,36 @@ _NO_KERNEL_MESSAGE = re.compile(r"no (fake|abstract) impl(ementation)? registere
 _answers: dict[str, Optional[str]] = {}
 
 
+def _fits(op: "ResolvedOp", sample: SampleInput) -> bool:
+    try:
+        op.bind(sample)
+    except TypeError:
+        return False
+    return True
+
+
 def _is_missing_kernel_error(exc: BaseException) -> bool:
     if type(exc).__name__ == "UnsupportedOperatorException":  # no Meta, composite or fake kernel
         return True
     return bool(_NO_KERNEL_MESSAGE.search(str(exc)))
 
 
-def missing_fake_kernel(op: "ResolvedOp", sample: SampleInput) -> Optional[str]:
+def missing_fake_kernel(op: "ResolvedOp", samples: Sequence[SampleInput]) -> Optional[str]:
     """Why ``op`` cannot run on fake tensors (it has no fake kernel), or None when it can, or when it
-    fails on them for another reason (a wrong fake kernel is a finding, not a missing one)."""
+    fails on them for another reason (a wrong fake kernel is a finding, not a missing one). Asked on
+    the first of ``samples`` that fits the schema; None when none does."""
     key = op.name
     if key in _answers:
         return _answers[key]
+    fitting = next((sample for sample in samples if _fits(op, sample)), None)
+    if fitting is None:
+        return None
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     answer: Optional[str] = None
     try:
         with FakeTensorMode(allow_non_fake_inputs=True) as mode:
-            fake = sample.map(lambda t: mode.from_tensor(t.detach()))
+            fake = fitting.map(lambda t: mode.from_tensor(t.detach()))
             args, kwargs = op.split_bound(op.bind(fake))
             op.overload(*args, **kwargs)
     except Exception as exc:

@@ -72,14 +72,6 @@ def _dynamo_unsupported_reason() -> Optional[str]:
     return None
 
 
-def _fits(op: Any, sample: SampleInput) -> bool:
-    try:
-        op.bind(sample)
-    except TypeError:
-        return False
-    return True
-
-
 def _differentiable(t: Any) -> bool:
     return isinstance(t, torch.Tensor) and t.requires_grad
 
@@ -138,8 +130,7 @@ class CompileCheck(Check):
     def run(self, ctx: CheckContext) -> CheckResult:
         global _warmed_up
         samples = ctx.samples(requires_grad=not ctx.op.is_mutable)
-        fitting = [s for s in samples if _fits(ctx.op, s)]
-        no_fake = missing_fake_kernel(ctx.op, fitting[0]) if fitting else None
+        no_fake = missing_fake_kernel(ctx.op, samples)
         if no_fake:
             # Dynamo runs every op on fake tensors while it traces, whatever the backend. Asked
             # before importing dynamo, which takes seconds.

@@ -80,16 +80,6 @@ def _any_requires_grad(value: Any) -> bool:
     return False
 
 
-def _first_missing_fake_kernel(ctx: CheckContext, samples: list) -> Optional[str]:
-    for sample in samples:
-        try:
-            ctx.op.bind(sample)
-        except TypeError:
-            continue
-        return missing_fake_kernel(ctx.op, sample)
-    return None
-
-
 class OpCheck(Check):
     """``torch.library.opcheck`` on every sample; each sub-test reported on its own.
 
@@ -126,7 +116,7 @@ class OpCheck(Check):
         samples = ctx.samples(requires_grad=not ctx.op.is_mutable)
         # An eager-only op has no fake kernel: its fake-tensor and AOT sub-tests do not apply (the
         # compile check says the same), the schema and autograd-registration ones still do.
-        no_fake = _first_missing_fake_kernel(ctx, samples)
+        no_fake = missing_fake_kernel(ctx.op, samples)
         not_applicable = [name for name in sub_tests if no_fake and name.startswith(_NEEDS_FAKE_KERNEL)]
         not_run_notes = [f"{name}: not run: {no_fake}" for name in not_applicable]
         sub_tests = [name for name in sub_tests if name not in not_applicable]
