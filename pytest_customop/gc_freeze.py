@@ -4,12 +4,13 @@ A process that imported torch and ``torch._dynamo`` (every first call of a ``tor
 op imports it) holds millions of long-lived objects, and every full collection walks all of them:
 about 0.45 s each on 2 cores. pytest runs five full collections at the end of every session (to
 surface unraisable exceptions), Python one more at exit, and the run itself one every so often. The
-plugin moves the objects alive after collection into the collector's permanent generation
-(``gc.freeze``), after one collection so that no garbage is frozen with them, and freezes
-everything at exit. Objects the tests create are collected as before; what was alive after
-collection (modules, test items) stays alive, as it would have until the end anyway.
+plugin moves the objects alive after collection, and again those alive at session end, into the
+collector's permanent generation (``gc.freeze``), each time after one collection so that no garbage
+is frozen with them, and freezes everything at exit. Objects the tests create are collected as
+before; what was alive after collection (modules, test items) stays alive, as it would have until
+the end anyway.
 
-Measured on the benchmark's default-configuration suite: 4-5 s less per pytest process, and per
+Measured on the benchmark's default-configuration suite: 1.5-5 s less per pytest process, and per
 pytest-xdist worker (docs/performance.md). ``--customop-no-gc-freeze`` turns it off.
 """
 

@@ -58,12 +58,12 @@ def refuses_double_backward(exc: BaseException) -> bool:
 
 
 @contextlib.contextmanager
-def _without_slow_recompute(enabled: bool) -> Iterator[None]:
+def _without_slow_recompute() -> Iterator[None]:
     """Stop a failing fast-mode gradcheck from recomputing the full Jacobian just to word its message
     (seconds to minutes on real inputs): the plugin diagnoses the failure itself."""
     module = sys.modules.get("torch.autograd.gradcheck")
     original = getattr(module, "_run_slow_mode_and_get_error", None)
-    if not enabled or original is None:
+    if original is None:
         yield
         return
 
@@ -273,7 +273,7 @@ class _GradientCheck(Check):
         options: dict[str, Any] = dict(eps=eps, atol=tol.atol, rtol=tol.rtol, nondet_tol=ctx.spec.nondet_tol, fast_mode=fast)
         if self.order == 1:
             options["check_batched_grad"] = False
-        with warnings.catch_warnings(record=True) as caught, _without_slow_recompute(True):
+        with warnings.catch_warnings(record=True) as caught, _without_slow_recompute():
             warnings.simplefilter("always")
             try:
                 runner(fn, tuple(leaves), raise_exception=True, **options)
