@@ -72,6 +72,39 @@ lib_{name}.impl("{name}", {name.capitalize()}Function.apply, "Autograd")
 '''
 
 
+CORRECT_VMAP_RULE = """
+    x = x.movedim(in_dims[0], 0) if in_dims[0] is not None else x
+    y = y.movedim(in_dims[1], 0) if in_dims[1] is not None else y
+    return x.sin() * y, 0"""
+
+WRONG_VMAP_RULE = """
+    # Wrong: assumes every batch dim is 0 and present.
+    return x.sin() * y, 0"""
+
+
+def vmul_op(vmap_rule: str) -> str:
+    """``NS::vmul(x, y) = sin(x) * y``, a custom_op with a correct backward and the given vmap rule body."""
+    return '''@torch.library.custom_op(f"{NS}::vmul", mutates_args=())
+def vmul(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return x.sin() * y
+
+
+def vmul_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def vmul_backward(ctx, grad):
+    x, y = ctx.saved_tensors
+    return grad * x.cos() * y, grad * x.sin()
+
+
+vmul.register_autograd(vmul_backward, setup_context=vmul_setup)
+
+
+@vmul.register_vmap
+def vmul_vmap(info, in_dims, x, y):''' + vmap_rule + "\n"
+
+
 def test_correct_ops_pass_or_skip_with_the_reason(pytester, ns, run):
     write(
         pytester,
@@ -138,29 +171,7 @@ def numpy_sin_backward(ctx, grad):
 numpy_sin.register_autograd(numpy_sin_backward, setup_context=save_x)
 
 
-@torch.library.custom_op(f"{NS}::vmul", mutates_args=())
-def vmul(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return x.sin() * y
-
-
-def vmul_setup(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
-
-
-def vmul_backward(ctx, grad):
-    x, y = ctx.saved_tensors
-    return grad * x.cos() * y, grad * x.sin()
-
-
-vmul.register_autograd(vmul_backward, setup_context=vmul_setup)
-
-
-@vmul.register_vmap
-def vmul_vmap(info, in_dims, x, y):
-    x = x.movedim(in_dims[0], 0) if in_dims[0] is not None else x
-    y = y.movedim(in_dims[1], 0) if in_dims[1] is not None else y
-    return x.sin() * y, 0
-
+''' + vmul_op(CORRECT_VMAP_RULE) + '''
 
 # Refuses double backward, as torchvision's ops do: declared in the marker.
 lib_once = torch.library.Library(NS, "FRAGMENT")
@@ -554,28 +565,7 @@ def test_batched_grad_catches_a_wrong_vmap_rule(pytester, ns, run):
         pytester,
         ns,
         '''
-@torch.library.custom_op(f"{NS}::vmul", mutates_args=())
-def vmul(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return x.sin() * y
-
-
-def vmul_setup(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
-
-
-def vmul_backward(ctx, grad):
-    x, y = ctx.saved_tensors
-    return grad * x.cos() * y, grad * x.sin()
-
-
-vmul.register_autograd(vmul_backward, setup_context=vmul_setup)
-
-
-@vmul.register_vmap
-def vmul_vmap(info, in_dims, x, y):
-    # Wrong: assumes every batch dim is 0 and present.
-    return x.sin() * y, 0
-
+''' + vmul_op(WRONG_VMAP_RULE) + '''
 
 @pytest.mark.customop(vmul, samples=two_inputs, checks=ALL)
 def test_vmul(customop):
