@@ -451,3 +451,46 @@ def test_entry_point_is_named_customop():
     names = {ep.name: ep.value for ep in entry_points(group="pytest11")}
     assert names.get("customop") == "pytest_customop.plugin"
     assert subprocess.run([sys.executable, "-c", "import pytest_customop"], check=True).returncode == 0
+
+
+NESTED_CHECK = '''
+def pytest_customop_register_checks(registry):
+    from pytest_customop import Check
+
+    class RunsOnce(Check):
+        name = "runs_once"
+        description = "calls the op on every sample"
+        default = False
+
+        def run(self, ctx):
+            samples = ctx.samples(requires_grad=False)
+            for sample in samples:
+                ctx.op(*sample.args, **sample.kwargs)
+            return ctx.passed(len(samples), len(samples))
+
+    registry.register(RunsOnce())
+'''
+
+
+@pytest.mark.parametrize("where", [[], ["unit"]], ids=["pytest .", "pytest unit"])
+def test_a_check_from_a_nested_conftest_works_whatever_paths_are_collected(pytester, ns, run, where):
+    # test_a.py is collected before unit/ (in name order), so before unit/conftest.py is loaded: the
+    # registry must still learn the check that conftest registers
+    write(pytester, ns, '''
+@pytest.mark.customop(f"{NS}::mul", samples=mul_samples, dtypes=["float64"], devices=["cpu"], checks=["gradcheck"])
+def test_mul(customop):
+    customop.check()
+''', name="test_a")
+    sub = pytester.mkpydir("unit")
+    (sub / "conftest.py").write_text(NESTED_CHECK)
+    (sub / "test_b.py").write_text(textwrap.dedent(f'''
+        import pytest
+        import test_a
+
+        @pytest.mark.customop(test_a.mul, samples=test_a.mul_samples, dtypes=["float64"], devices=["cpu"], checks=["runs_once"])
+        def test_mul_once(customop):
+            customop.check()
+    '''))
+    result = run("-v", "--rootdir", str(pytester.path), *where)
+    result.stdout.fnmatch_lines(["*test_b.py::test_mul_once[[]cpu-float64-runs_once[]] PASSED*"])
+    result.assert_outcomes(passed=1 if where else 2)

@@ -13,13 +13,15 @@ which only workers can see (the controller never imports test modules).
 from __future__ import annotations
 
 import warnings
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import pytest
 
-from ..plugin import marker_errors_key, result_key, settings_key
 from .formats import ReportTarget, write_report
 from .model import ItemOutcome, NamespaceCoverage, Phase, Report, Row, first_line
+
+if TYPE_CHECKING:
+    from ..session import CustomOpSession
 
 __all__ = ["ReportPlugin", "XdistReportHooks"]
 
@@ -46,17 +48,14 @@ def _op_name_of(marker: Any) -> Optional[str]:
     return None
 
 
-def item_meta(item: pytest.Item) -> Optional[dict]:
+def item_meta(session: CustomOpSession, item: pytest.Item) -> Optional[dict]:
     """``{"op", "check", "device", "dtype"}`` of a customop item (builtins), None for other items."""
-    callspec = getattr(item, "callspec", None)
-    case = callspec.params.get("_customop_case") if callspec is not None else None
+    case = session.case_of(item)
     if case is not None:
         from ..dtypes import dtype_id
 
         return {"op": case.spec.op.name, "check": case.check, "device": case.device, "dtype": dtype_id(case.dtype)}
-    errors = item.config.stash.get(marker_errors_key, {})
-    definition_id = f"{item.parent.nodeid}::{getattr(item, 'originalname', item.name)}" if item.parent else ""
-    if definition_id in errors:
+    if session.marker_error_of(item) is not None:
         return {"op": _op_name_of(item.get_closest_marker("customop")), "check": None, "device": None, "dtype": None}
     return None
 
@@ -101,12 +100,13 @@ def _samples_text(samples: Optional[dict]) -> str:
 
 
 class ReportPlugin:
-    """Gathers the rows of the report and writes it; one per ``config``, in ``config.stash``."""
+    """Gathers the rows of the report and writes it; one per run, reading the run's :class:`CustomOpSession`."""
 
-    def __init__(self, config: pytest.Config, targets: list[ReportTarget]) -> None:
-        self.config = config
+    def __init__(self, session: CustomOpSession, targets: list[ReportTarget]) -> None:
+        self.session = session
+        self.config = session.config
         self.targets = targets
-        self.is_controller = not hasattr(config, "workerinput")
+        self.is_controller = not hasattr(self.config, "workerinput")
         self.items: dict[str, dict] = {}  # nodeid -> meta of every customop item collected
         self.details: dict[str, dict] = {}  # nodeid -> the latest report.customop seen
         self.outcomes: dict[str, ItemOutcome] = {}  # nodeid -> the phases reported
@@ -128,7 +128,7 @@ class ReportPlugin:
     @pytest.hookimpl(trylast=True)
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         for item in session.items:
-            meta = item_meta(item)
+            meta = item_meta(self.session, item)
             item.stash[_meta_key] = meta
             if meta is not None:
                 self.items[item.nodeid] = meta
@@ -140,7 +140,7 @@ class ReportPlugin:
         if meta is None:
             return report
         info = dict(meta)
-        result = item.stash.get(result_key, None)
+        result = self.session.result_of(item)
         if result is not None:
             info.update(
                 result=str(getattr(result.outcome, "value", result.outcome)),
@@ -236,7 +236,7 @@ class ReportPlugin:
             from ..devices import available_devices
 
             torch_version, devices = str(torch.__version__), available_devices()
-        settings = self.config.stash[settings_key]
+        settings = self.session.settings
         rows = []
         for nodeid, phases in self.outcomes.items():
             meta = self.details.get(nodeid) or self.items.get(nodeid)
