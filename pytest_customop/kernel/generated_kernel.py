@@ -19,15 +19,15 @@ what was expected and what was got. No pytest here.
 
 from __future__ import annotations
 
-import contextlib
 from collections import namedtuple
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
 from ..ops import RegistrationStyle, ResolvedOp
 from ..samples import SampleInput
+from ..torch_internals import below_autograd, transforming
 from .backward_source import BackwardSource, find_backward
 from .grad_validation import (
     GradientProblem,
@@ -124,13 +124,6 @@ class _Call:
                 grouped.append(flat[position])
                 position += 1
         return grouped
-
-
-@contextlib.contextmanager
-def _below_autograd() -> Iterator[None]:
-    below = getattr(torch._C, "_AutoDispatchBelowAutograd", None)
-    with (below() if below is not None else torch.no_grad()):
-        yield
 
 
 def _same_values(before: torch.Tensor, after: torch.Tensor) -> bool:
@@ -244,7 +237,7 @@ class GradientCheckingKernel:
             call: _Call = flat[-1]
             bound = call.rebuild(flat[:-1])
             args, kwargs = op.split_bound(bound)
-            with _below_autograd():
+            with below_autograd():
                 result = op.overload(*args, **kwargs)
                 ctx._customop_call = call
                 if legacy:
@@ -350,11 +343,4 @@ def call_through_kernel(op: ResolvedOp, args: tuple, kwargs: Mapping[str, Any], 
 def _transforming() -> bool:
     """True under torch.func transforms or torch.compile tracing, which need an ``autograd.Function``
     with ``setup_context`` / a traceable one: there the op is called as registered."""
-    compiler = getattr(torch, "compiler", None)
-    if compiler is not None and getattr(compiler, "is_compiling", lambda: False)():
-        return True
-    try:
-        from torch._C._functorch import peek_interpreter_stack
-    except ImportError:
-        return False
-    return peek_interpreter_stack() is not None
+    return transforming()

@@ -37,15 +37,13 @@ def _op_name_of(marker: Any) -> Optional[str]:
     op = marker.args[0]
     if isinstance(op, str):
         return op.strip()
-    for attribute in ("_qualname", "_qualified_op_name", "__name__"):
-        value = getattr(op, attribute, None)
-        if isinstance(value, str) and "::" in value:
-            return value
-    schema = getattr(op, "_schema", None)
-    if schema is not None:
-        overload = getattr(op, "_overloadname", "default")
-        return schema.name if overload in ("default", "") else f"{schema.name}.{overload}"
-    return None
+    from ..torch_internals import op_object_name
+
+    name = op_object_name(op)
+    if name is not None:
+        return name[: -len(".default")] if name.endswith(".default") else name
+    value = getattr(op, "__name__", None)
+    return value if isinstance(value, str) and "::" in value else None
 
 
 def item_meta(session: CustomOpSession, item: pytest.Item) -> Optional[dict]:
