@@ -9,8 +9,8 @@ any C++ op registered with ``TORCH_LIBRARY`` (reached through the same strings a
 from __future__ import annotations
 
 import difflib
-import functools
 import enum
+import functools
 from dataclasses import dataclass
 from typing import Any
 

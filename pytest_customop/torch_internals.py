@@ -251,16 +251,16 @@ def replaced_slow_mode_error(replacement: Callable[..., str]) -> Iterator[None]:
     """Replace ``torch.autograd.gradcheck._run_slow_mode_and_get_error``, which a failing fast-mode
     gradcheck calls to recompute the full Jacobian for its message. Checked on 2.4.1-2.15. Fallback:
     nothing replaced (the recompute happens, slowly, and the result is the same)."""
-    module = sys.modules.get("torch.autograd.gradcheck")
+    module: Any = sys.modules.get("torch.autograd.gradcheck")
     original = getattr(module, "_run_slow_mode_and_get_error", None)
     if original is None:
         yield
         return
-    setattr(module, "_run_slow_mode_and_get_error", replacement)
+    module._run_slow_mode_and_get_error = replacement
     try:
         yield
     finally:
-        setattr(module, "_run_slow_mode_and_get_error", original)
+        module._run_slow_mode_and_get_error = original
 
 
 def fake_tensor_mode(**options: Any) -> Any:

@@ -33,7 +33,9 @@ def _seed(seed: int, device: str) -> None:
         torch.manual_seed(seed)
 
 
-def render_failure(op_name: str, device: str, dtype: torch.dtype, result: CheckResult, samples: list[SampleInput], repro: str) -> str:
+def render_failure(
+    op_name: str, device: str, dtype: torch.dtype, result: CheckResult, samples: list[SampleInput], repro: str
+) -> str:
     """The message of a failed check: what, where, each finding by sample and input, how to rerun."""
     failed_samples = sorted({f.sample_index for f in result.findings if f.sample_index is not None})
     lines = [

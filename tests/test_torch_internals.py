@@ -46,7 +46,7 @@ def test_the_backward_of_a_custom_op_and_of_a_library_define_op(ns):
     assert internals.custom_op_setup_context(definition) is not None
     assert internals.custom_op_vmap_rule(definition) is None
 
-    lib = torch.library.Library(ns + "_def", "DEF")  # noqa: F841 (kept alive for the test)
+    lib = torch.library.Library(ns + "_def", "DEF")
     lib.define("double(Tensor x) -> Tensor")
     lib.impl("double", lambda x: x * 2, "CompositeExplicitAutograd")
 

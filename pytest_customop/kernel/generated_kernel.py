@@ -19,6 +19,7 @@ what was expected and what was got. No pytest here.
 
 from __future__ import annotations
 
+import contextlib
 from collections import namedtuple
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence
@@ -74,7 +75,7 @@ class _Call:
     def flatten_outputs(self, result: Any) -> tuple:
         self.out_tuple = isinstance(result, tuple)
         items = result if self.out_tuple else (result,)
-        flat = []
+        flat: list[Any] = []
         for item in items:
             if isinstance(item, (list, tuple)):
                 self.out_lengths.append(len(item))
@@ -150,10 +151,8 @@ def _saved_tensors(ctx: Any, legacy_saved: Any = None) -> list[tuple[str, Any]]:
     if legacy_saved is not None:  # the legacy kernel keeps everything in ``saved``
         return _legacy_saved_labels(legacy_saved, "saved")
     found: list[tuple[str, Any]] = []
-    try:
+    with contextlib.suppress(RuntimeError):  # freed by an earlier backward: the backward will say so itself
         found += [(f"ctx.saved_tensors[{k}]", t) for k, t in enumerate(ctx.saved_tensors)]
-    except RuntimeError:  # freed by an earlier backward: the backward will say so itself
-        pass
     for key, value in vars(ctx).items() if hasattr(ctx, "__dict__") else ():
         if key.startswith(_CTX_PREFIX):
             continue
@@ -223,7 +222,7 @@ class GradientCheckingKernel:
         for name in names:
             value = bound[name]
             flat.extend(value) if name in call.list_lengths else flat.append(value)
-        outputs = self.function.apply(*flat, call)
+        outputs = self.function.apply(*flat, call)  # type: ignore[attr-defined]  # an autograd.Function subclass
         items = call.unflatten(outputs)
         return tuple(items) if call.out_tuple else items[0]
 
@@ -260,6 +259,7 @@ class GradientCheckingKernel:
     def _legacy_setup(self, ctx: Any, bound: Mapping[str, Any], result: Any) -> None:
         ctx.set_materialize_grads(True)
         inputs = _legacy_inputs(self.op, bound)
+        assert self.source.setup_context is not None  # a legacy op has save_for_backward
         saved = self.source.setup_context(inputs, result)  # save_for_backward(inputs, output)
         save_pytree(ctx, saved)
         differentiability = self.source.output_differentiability

@@ -61,7 +61,7 @@ def item_meta(session: CustomOpSession, item: pytest.Item) -> Optional[dict]:
 def _strip_prefix(text: str) -> str:
     for prefix in ("Failed: ", "Skipped: "):
         if text.startswith(prefix):
-            return text[len(prefix):]
+            return text[len(prefix) :]
     return text
 
 
@@ -180,13 +180,12 @@ class ReportPlugin:
         if not self.enabled:
             return
         if hasattr(self.config, "workerinput"):
-            from .coverage import namespace_ops
-
             import torch
 
             from ..devices import available_devices
+            from .coverage import namespace_ops
 
-            self.config.workeroutput[_WORKEROUTPUT_KEY] = {
+            self.config.workeroutput[_WORKEROUTPUT_KEY] = {  # type: ignore[attr-defined]  # set by pytest-xdist
                 "coverage": namespace_ops(self._namespaces(self.items.values())),
                 "torch": str(torch.__version__),
                 "devices": available_devices(),
@@ -202,7 +201,7 @@ class ReportPlugin:
                 write_report(self.report, target)
                 self.written.append(target)
         for warning in self.report.warnings:
-            warnings.warn(pytest.PytestWarning(f"pytest-customop: {warning}"))
+            warnings.warn(pytest.PytestWarning(f"pytest-customop: {warning}"), stacklevel=1)  # about the run, not a line
 
     # -- on the controller ------------------------------------------------------------------------
     def merge_worker(self, worker_id: str, output: Optional[dict]) -> None:
@@ -244,8 +243,17 @@ class ReportPlugin:
             if message.startswith(f"{nodeid}: "):  # marker errors name the item, which the row does already
                 message = message[len(nodeid) + 2 :]
             rows.append(
-                Row(meta.get("op"), meta.get("check"), meta.get("device"), meta.get("dtype"), outcome, message,
-                    phases.duration, nodeid, meta.get("samples"))
+                Row(
+                    meta.get("op"),
+                    meta.get("check"),
+                    meta.get("device"),
+                    meta.get("dtype"),
+                    outcome,
+                    message,
+                    phases.duration,
+                    nodeid,
+                    meta.get("samples"),
+                )
             )
         warnings_: list[str] = []
         if self.crashed_workers:
@@ -256,8 +264,18 @@ class ReportPlugin:
             )
             for nodeid, meta in sorted(self.items.items()):
                 if nodeid not in self.outcomes:
-                    rows.append(Row(meta.get("op"), meta.get("check"), meta.get("device"), meta.get("dtype"),
-                                    "error", f"not run: pytest-xdist worker(s) {crashed} crashed", 0.0, nodeid))
+                    rows.append(
+                        Row(
+                            meta.get("op"),
+                            meta.get("check"),
+                            meta.get("device"),
+                            meta.get("dtype"),
+                            "error",
+                            f"not run: pytest-xdist worker(s) {crashed} crashed",
+                            0.0,
+                            nodeid,
+                        )
+                    )
         tested = {row.op for row in rows if row.op} | {m["op"] for m in self.items.values() if m.get("op")}
         coverage = [
             NamespaceCoverage(
