@@ -131,7 +131,6 @@ class Settings:
     devices: Optional[list[str]] = None
     checks: Optional[list[str]] = None
     seed: int = 0
-    seed_was_given: bool = False
     fast_mode_threshold: int = 1024
     full_jacobian: bool = False
     gc_freeze: bool = True
@@ -166,7 +165,6 @@ def resolve_settings(cli: Mapping[str, Any], env: Mapping[str, str], ini: Callab
         devices=values["customop_devices"] or None,
         checks=values["customop_checks"] or None,
         seed=seed if seed is not None else random.randrange(2**31),
-        seed_was_given=seed is not None,
         fast_mode_threshold=values["customop_fast_mode_threshold"],
         full_jacobian=values["customop_full_jacobian"],
         gc_freeze=not values["customop_no_gc_freeze"],

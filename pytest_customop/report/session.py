@@ -191,7 +191,7 @@ class ReportPlugin:
                 "devices": available_devices(),
             }
             return
-        if not hasattr(self.config, "workerinput") and not self.config.pluginmanager.hasplugin("dsession"):
+        if not self.config.pluginmanager.hasplugin("dsession"):
             from .coverage import namespace_ops  # no workers: this process imported the ops
 
             self.coverage = namespace_ops(self._namespaces(self.items.values()))
