@@ -8,11 +8,18 @@ schema. The plugin never imports modules to find ops: the project's conftest loa
 
 from __future__ import annotations
 
-import shlex
 from collections import OrderedDict
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import pytest
+
+from .session import case_key
+
+if TYPE_CHECKING:
+    from .cases import Case
+    from .checks.registry import CheckRegistry
+    from .marker import CustomOpSpec
+    from .options import Settings
 
 __all__ = ["CustomOpItem", "DiscoveredOps", "NamespaceErrorItem", "discover_items", "format_listing", "parse_namespaces"]
 
@@ -37,26 +44,21 @@ class DiscoveredOps(pytest.Collector):
 
 
 class CustomOpItem(pytest.Item):
-    """One discovered op checked on one device and dtype by one check."""
+    """One discovered op checked on one device and dtype by one check; its case is in ``item.stash``
+    (:data:`pytest_customop.session.case_key`), like a marked item's."""
 
-    def __init__(self, *, case: Any, namespace: str, run: Callable[["CustomOpItem"], None], **kwargs: Any) -> None:
+    def __init__(self, *, case: Case, namespace: str, run: Callable[[CustomOpItem], None], **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.case = case
+        self.stash[case_key] = case
         self.namespace = namespace
         self._run = run
 
     def runtest(self) -> None:
         self._run(self)
 
-    def reportinfo(self) -> tuple[Any, Optional[int], str]:
-        return self.path, None, f"customop {self.name} (--customop-namespace={self.namespace})"
-
-    def repro(self, seed: int) -> str:
-        """The command that runs this item again."""
-        return (
-            f"pytest --customop-namespace={self.namespace} -k {shlex.quote(self.name)} "
-            f"--customop-seed={seed}"
-        )
+    def reportinfo(self) -> tuple[Any, int, str]:
+        # An int line, never None: pytest asserts on it when it reports a skip mark's location.
+        return self.path, 0, f"customop {self.name} (--customop-namespace={self.namespace})"
 
 
 class NamespaceErrorItem(pytest.Item):
@@ -69,8 +71,8 @@ class NamespaceErrorItem(pytest.Item):
     def runtest(self) -> None:
         pytest.fail(self.message, pytrace=False)
 
-    def reportinfo(self) -> tuple[Any, Optional[int], str]:
-        return self.path, None, f"customop namespace {self.name}"
+    def reportinfo(self) -> tuple[Any, int, str]:
+        return self.path, 0, f"customop namespace {self.name}"
 
 
 def _overloads(qualname: str) -> list[str]:
@@ -86,8 +88,8 @@ def discover_items(
     namespaces: Sequence[str],
     covered: set[tuple[str, str]],
     *,
-    registry: Any,
-    settings: Any,
+    registry: CheckRegistry,
+    settings: Settings,
     run: Callable[[CustomOpItem], None],
 ) -> list[pytest.Item]:
     """Items for every op overload in ``namespaces`` not in ``covered`` (``(qualname, overload)``)."""
@@ -134,19 +136,19 @@ def discover_items(
 
 
 # -- --customop-list ------------------------------------------------------------------------------
-def _samples_label(spec: Any) -> str:
+def _samples_label(spec: CustomOpSpec) -> str:
     if getattr(spec, "derived_samples", False):
         return "derived from the schema"
     return getattr(spec.samples, "__qualname__", None) or getattr(spec.samples, "__name__", None) or repr(spec.samples)
 
 
-def format_listing(entries: Sequence[tuple[str, Any]]) -> list[str]:
+def format_listing(entries: Sequence[tuple[str, Case]]) -> list[str]:
     """The lines ``--customop-list`` prints: per op and source, its samples, devices, dtypes and
     checks, how many items would run, and each skipped item with its reason. ``entries`` are
     ``(source, case)`` pairs, in collection order."""
     from .dtypes import dtype_id
 
-    groups: "OrderedDict[tuple[str, str], list[Any]]" = OrderedDict()
+    groups: OrderedDict[tuple[str, str], list[Case]] = OrderedDict()
     for source, case in entries:
         groups.setdefault((case.spec.op.name, source), []).append(case)
     lines = ["customop: what would run (--customop-list: nothing is run)"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Literal, Mapping, Optional
 
 __all__ = ["OPTIONS", "Option", "Settings", "SettingsError", "resolve_settings"]
 
@@ -52,7 +52,7 @@ class Option:
     is_flag: bool = False  # a command-line switch without a value
 
     @property
-    def ini_type(self) -> str:
+    def ini_type(self) -> Literal["bool", "string"]:
         return "bool" if self.is_flag else "string"
 
 
@@ -76,8 +76,7 @@ OPTIONS: tuple[Option, ...] = (
         parse=_comma_list,
         default=None,
         metavar="LIST",
-        help="comma-separated checks run by markers without checks= (default: every check that "
-        "applies to the op).",
+        help="comma-separated checks run by markers without checks= (default: every check that applies to the op).",
     ),
     Option(
         dest="customop_seed",
@@ -87,8 +86,7 @@ OPTIONS: tuple[Option, ...] = (
         parse=_non_negative_int,
         default=None,
         metavar="N",
-        help="run seed; each item is seeded from it and its node id (default: random, printed in "
-        "the header).",
+        help="run seed; each item is seeded from it and its node id (default: random, printed in the header).",
     ),
     Option(
         dest="customop_fast_mode_threshold",
@@ -109,8 +107,7 @@ OPTIONS: tuple[Option, ...] = (
         parse=_boolean,
         default=False,
         is_flag=True,
-        help="when a fast-mode gradcheck fails, recompute and print the full Jacobians (slow on "
-        "large inputs; off by default).",
+        help="when a fast-mode gradcheck fails, recompute and print the full Jacobians (slow on large inputs; off by default).",
     ),
     Option(
         dest="customop_no_gc_freeze",
@@ -134,16 +131,13 @@ class Settings:
     devices: Optional[list[str]] = None
     checks: Optional[list[str]] = None
     seed: int = 0
-    seed_was_given: bool = False
     fast_mode_threshold: int = 1024
     full_jacobian: bool = False
     gc_freeze: bool = True
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
-def resolve_settings(
-    cli: Mapping[str, Any], env: Mapping[str, str], ini: Callable[[str], Any]
-) -> Settings:
+def resolve_settings(cli: Mapping[str, Any], env: Mapping[str, str], ini: Callable[[str], Any]) -> Settings:
     """Resolve every option: command line, then environment, then ini, then the default.
 
     ``cli`` maps option dests to parsed command-line values (None when absent), ``ini(name)`` returns
@@ -171,7 +165,6 @@ def resolve_settings(
         devices=values["customop_devices"] or None,
         checks=values["customop_checks"] or None,
         seed=seed if seed is not None else random.randrange(2**31),
-        seed_was_given=seed is not None,
         fast_mode_threshold=values["customop_fast_mode_threshold"],
         full_jacobian=values["customop_full_jacobian"],
         gc_freeze=not values["customop_no_gc_freeze"],

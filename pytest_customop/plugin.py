@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from . import hookspecs
 from .options import OPTIONS, SettingsError, resolve_settings
+from .session import CustomOpSession, session_key
+
+if TYPE_CHECKING:
+    from .cases import Case
+    from .under_test import CustomOpUnderTest
 
 MARKER_HELP = (
     "customop(op, *, samples=None, dtypes=None, devices=None, checks=None, atol=None, rtol=None, "
@@ -25,14 +30,6 @@ MARKER_HELP = (
     "Generates one item per (device, dtype, check), ids like [cpu-float64-gradcheck]; the test "
     "requests the `customop` fixture and calls customop.check()."
 )
-
-settings_key = pytest.StashKey["Any"]()
-registry_key = pytest.StashKey["Any"]()
-marker_errors_key = pytest.StashKey[dict]()
-result_key = pytest.StashKey["Any"]()
-#: The Case (op, device, dtype, check) of every customop item, marked or discovered.
-case_key = pytest.StashKey["Any"]()
-report_key = pytest.StashKey["Any"]()
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -78,15 +75,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-# pytest configs alive in this process: more than one means a run nested in a test (pytester's
-# in-process runs), which must leave the outer process's garbage collector alone.
-_live_configs = 0
+def _session(config: pytest.Config) -> CustomOpSession:
+    return config.stash[session_key]
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    global _live_configs
-    _live_configs += 1
     config.addinivalue_line("markers", MARKER_HELP)
+    from .torch_support import require_supported_torch
+
+    require_supported_torch()
     cli = {option.dest: config.getoption(option.dest) for option in OPTIONS}
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None and "customop_seed" in workerinput:
@@ -95,13 +92,12 @@ def pytest_configure(config: pytest.Config) -> None:
         settings = resolve_settings(cli, os.environ, config.getini)
     except SettingsError as exc:
         raise pytest.UsageError(f"pytest-customop: {exc}") from None
-    config.stash[settings_key] = settings
-    config.stash[marker_errors_key] = {}
+    session = config.stash[session_key] = CustomOpSession(config, settings)
     if settings.gc_freeze:
         from .gc_freeze import freeze_at_exit
 
         freeze_at_exit()
-    _configure_report(config)
+    _configure_report(session)
     from .checks import builtin
 
     config.pluginmanager.register(builtin, "customop-builtin-checks")
@@ -111,15 +107,16 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(_XdistHooks(), "customop-xdist")
 
 
-def _configure_report(config: pytest.Config) -> None:
+def _configure_report(session: CustomOpSession) -> None:
     from .report.formats import TargetError, parse_target
     from .report.session import ReportPlugin, XdistReportHooks
 
+    config = session.config
     try:
         targets = [parse_target(value, str(config.invocation_params.dir)) for value in config.getoption("customop_report") or []]
     except TargetError as exc:
         raise pytest.UsageError(f"pytest-customop: {exc}") from None
-    report = config.stash[report_key] = ReportPlugin(config, targets)
+    report = ReportPlugin(session, targets)
     config.pluginmanager.register(report, "customop-report")
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(XdistReportHooks(report), "customop-report-xdist")
@@ -130,45 +127,49 @@ class _XdistHooks:
 
     @pytest.hookimpl
     def pytest_configure_node(self, node: Any) -> None:
-        node.workerinput["customop_seed"] = node.config.stash[settings_key].seed
+        node.workerinput["customop_seed"] = _session(node.config).settings.seed
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     # Names given to --customop-checks / customop_checks are validated before collection, so a typo is
     # a usage error; without them torch stays unimported until a customop marker is collected.
-    if session.config.stash[settings_key].checks:
-        _registry(session.config)
+    if _session(session.config).settings.checks:
+        _session(session.config).registry  # noqa: B018 (built, and the names validated, for its errors)
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_finish(session: pytest.Session) -> None:
+    state = _session(session.config)
+    if session.config.getoption("customop_list"):
+        _print_listing(session, state)
     # After collection the test modules have imported torch: freeze its objects (see gc_freeze).
-    _freeze_gc(session)
+    state.freeze_gc(session.items)
+
+
+def _print_listing(session: pytest.Session, state: CustomOpSession) -> None:
+    from .discovery import format_listing
+
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line("")
+        for line in format_listing(state.listing_entries(session.items)):
+            reporter.write_line(line)
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
     # Before pytest's five full collections at unconfigure: freeze what the run left alive
     # (torch._dynamo, compiled code), after one collection whose unraisable exceptions pytest reports.
-    _freeze_gc(session)
+    _session(session.config).freeze_gc(session.items)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    global _live_configs
-    _live_configs -= 1
-
-
-def _freeze_gc(session: pytest.Session) -> None:
-    if _live_configs > 1 or not session.config.stash[settings_key].gc_freeze:
-        return
-    if any(case_key in item.stash for item in session.items):
-        from .gc_freeze import freeze_objects_alive_now
-
-        freeze_objects_alive_now()
+    if session_key in config.stash:
+        config.stash[session_key].close()
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    settings = config.stash[settings_key]
+    settings = _session(config).settings
     seed = f"seed={settings.seed} (--customop-seed={settings.seed} repeats this run)"
     if config.pluginmanager.hasplugin("dsession") and "torch" not in sys.modules:
         # A pytest-xdist controller runs no test: importing torch here (2-4 s of CPU) would only
@@ -190,26 +191,6 @@ def _installed_torch_version() -> str:
         return "(not installed)"
 
 
-def _registry(config: pytest.Config) -> Any:
-    """The check registry, filled through the register-checks hook on first use."""
-    if registry_key not in config.stash:
-        from .checks.registry import CheckRegistrationError, CheckRegistry
-
-        registry = CheckRegistry()
-        try:
-            config.hook.pytest_customop_register_checks(registry=registry)
-        except CheckRegistrationError as exc:
-            raise pytest.UsageError(f"pytest-customop: {exc}") from None
-        unknown = [c for c in config.stash[settings_key].checks or [] if c not in registry]
-        if unknown:
-            raise pytest.UsageError(
-                f"pytest-customop: --customop-checks/customop_checks names unknown check(s) "
-                f"{', '.join(unknown)}; known: {', '.join(registry.names())}"
-            )
-        config.stash[registry_key] = registry
-    return config.stash[registry_key]
-
-
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     marker = metafunc.definition.get_closest_marker("customop")
     if marker is None:
@@ -217,25 +198,24 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     from .cases import build_cases
     from .marker import MarkerError, parse_marker
 
-    config = metafunc.config
+    state = _session(metafunc.config)
     nodeid = metafunc.definition.nodeid
-    errors = config.stash[marker_errors_key]
     if "_customop_case" not in metafunc.fixturenames:
-        errors[nodeid] = (
+        state.marker_errors[nodeid] = (
             f"{nodeid}: has @pytest.mark.customop but requests none of the fixtures customop, "
             "customop_device, customop_dtype, customop_samples; add a `customop` argument and call "
             "customop.check()"
         )
         return
-    registry = _registry(config)
+    registry = state.registry
     try:
         spec = parse_marker(marker.args, marker.kwargs, known_checks=registry.names())
     except MarkerError as exc:
-        errors[nodeid] = f"{nodeid}: {exc}"
+        state.marker_errors[nodeid] = f"{nodeid}: {exc}"
         return
     params = []
-    for case in build_cases(spec, registry, config.stash[settings_key]):
-        marks = []
+    for case in build_cases(spec, registry, state.settings):
+        marks: list[Any] = []
         if case.skip_reason:
             marks.append(pytest.mark.skip(reason=case.skip_reason))
         if case.xfail is not None:
@@ -245,77 +225,20 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 @pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list) -> None:
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     """Stash each marked item's Case, then add items for the uncovered ops of --customop-namespace
     (tryfirst: before -k and -m deselect)."""
-    covered = set()
-    for item in items:
-        case = getattr(item, "callspec", None) and item.callspec.params.get("_customop_case")
-        if case is not None:
-            item.stash[case_key] = case
-            covered.add((case.spec.op.qualname, case.spec.op.overload_name))
+    state = _session(config)
+    covered = state.stash_marked_cases(items)
     from .discovery import parse_namespaces
 
     namespaces = parse_namespaces(config.getoption("customop_namespaces"), os.environ, config.getini("customop_namespaces"))
     if not namespaces:
         return
-    from .discovery import discover_items
-
-    discovered = discover_items(
-        session, namespaces, covered, registry=_registry(config), settings=config.stash[settings_key], run=_run_discovered
-    )
-    for item in discovered:
-        if getattr(item, "case", None) is not None:
-            item.stash[case_key] = item.case
+    discovered = state.discover(session, namespaces, covered)
     items.extend(discovered)
     # Reported like a collector's result, so "collected N items" counts them.
-    config.hook.pytest_collectreport(report=pytest.CollectReport("customop", "passed", None, discovered))
-
-
-def _run_discovered(item: Any) -> None:
-    """The body of a discovered op's item: what a marked test's ``customop.check()`` does."""
-    from .cases import item_seed
-    from .under_test import CustomOpUnderTest
-
-    settings = item.config.stash[settings_key]
-
-    def remember(result: Any) -> None:
-        item.stash[result_key] = result
-
-    CustomOpUnderTest(
-        item.case,
-        _registry(item.config),
-        settings,
-        item_seed(settings.seed, item.nodeid),
-        item.repro(settings.seed),
-        nodeid=item.nodeid,
-        fail=lambda message: pytest.fail(message, pytrace=False),
-        skip=lambda reason: pytest.skip(reason),
-        on_result=remember,
-    ).check()
-
-
-def pytest_collection_finish(session: pytest.Session) -> None:
-    if not session.config.getoption("customop_list"):
-        return
-    from .discovery import format_listing
-
-    entries = []
-    for item in session.items:
-        case = item.stash.get(case_key, None)
-        if case is not None:
-            namespace = getattr(item, "namespace", None)
-            source = (
-                f"--customop-namespace={namespace}"
-                if namespace
-                else f"{item.parent.nodeid}::{getattr(item, 'originalname', item.name)}"
-            )
-            entries.append((source, case))
-    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line("")
-        for line in format_listing(entries):
-            reporter.write_line(line)
+    config.hook.pytest_collectreport(report=pytest.CollectReport("customop", "passed", None, list[pytest.Item | pytest.Collector](discovered)))
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -327,82 +250,49 @@ def pytest_runtestloop(session: pytest.Session) -> Any:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    errors = item.config.stash.get(marker_errors_key, {})
-    if not errors:
-        return
-    definition_id = f"{item.parent.nodeid}::{getattr(item, 'originalname', item.name)}"
-    if definition_id in errors:
-        pytest.fail(errors[definition_id], pytrace=False)
+    error = _session(item.config).marker_error_of(item)
+    if error is not None:
+        pytest.fail(error, pytrace=False)
 
 
 # -- fixtures -----------------------------------------------------------------------------------
 @pytest.fixture
-def _customop_case(request: pytest.FixtureRequest) -> Any:
+def _customop_case(request: pytest.FixtureRequest) -> Case:
     """The (op, device, dtype, check) case of this item; parametrized by the customop marker."""
-    param = getattr(request, "param", None)
-    if param is None:
+    case = _session(request.config).case_of(request.node)
+    if case is None:
         pytest.fail(
             f"{request.node.nodeid}: requests a customop fixture but has no @pytest.mark.customop(op, samples=...)",
             pytrace=False,
         )
-    return param
+    return case
 
 
 @pytest.fixture
-def customop(request: pytest.FixtureRequest, _customop_case: Any) -> Any:
+def customop(request: pytest.FixtureRequest, _customop_case: Case) -> CustomOpUnderTest:
     """The op under test, bound to this item's device, dtype and check (from @pytest.mark.customop).
 
     ``customop.check()`` runs the item's check over every sample and fails with a message naming the
     op, check, device, dtype, sample and input; ``customop(*args)`` calls the op;
     ``customop.samples()`` gives the item's samples; ``customop.op`` / ``.schema`` describe the op.
     """
-    from .cases import item_seed
-    from .report.model import repro_command
-    from .under_test import CustomOpUnderTest
-
-    config = request.config
-    settings = config.stash[settings_key]
-    seed = item_seed(settings.seed, request.node.nodeid)
-    repro = repro_command(request.node.nodeid, settings.seed)
-
-    def remember(result: Any) -> None:
-        request.node.stash[result_key] = result
-
-    def fail(message: str) -> None:
-        __tracebackhide__ = True  # failures and skips point at the test, not at the plugin
-        pytest.fail(message, pytrace=False)
-
-    def skip(reason: str) -> None:
-        __tracebackhide__ = True
-        pytest.skip(reason)
-
-    return CustomOpUnderTest(
-        _customop_case,
-        _registry(config),
-        settings,
-        seed,
-        repro,
-        nodeid=request.node.nodeid,
-        fail=fail,
-        skip=skip,
-        on_result=remember,
-    )
+    return _session(request.config).under_test(request.node, _customop_case)
 
 
 @pytest.fixture
-def customop_device(_customop_case: Any) -> str:
+def customop_device(_customop_case: Case) -> str:
     """This item's device string (``"cpu"``, ``"cuda"``, ...) from @pytest.mark.customop."""
     return _customop_case.device
 
 
 @pytest.fixture
-def customop_dtype(_customop_case: Any) -> Any:
+def customop_dtype(_customop_case: Case) -> Any:
     """This item's ``torch.dtype`` from @pytest.mark.customop."""
     return _customop_case.dtype
 
 
 @pytest.fixture
-def customop_samples(customop: Any) -> list:
+def customop_samples(customop: CustomOpUnderTest) -> list[Any]:
     """This item's samples (``SampleInput`` list, inputs requiring grad where differentiable), built
     once from the marker's ``samples=`` at this item's device and dtype, seeded from the item."""
     return customop.samples()

@@ -88,7 +88,13 @@ def test_namespace_covers_exactly_the_untested_ops(run, library):
 
 def test_discovered_items_select_with_k_and_rerun_from_the_repro_line(run, library):
     ns = library
-    result = run("-v", f"--customop-namespace={ns}", "--customop-checks=gradcheck,gradgradcheck", "-k", f"{ns}::cube[cpu-float64-gradcheck]")
+    result = run(
+        "-v",
+        f"--customop-namespace={ns}",
+        "--customop-checks=gradcheck,gradgradcheck",
+        "-k",
+        f"{ns}::cube[cpu-float64-gradcheck]",
+    )
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines([f"customop::{ns}::cube[[]cpu-float64-gradcheck[]] FAILED*", "*12 deselected*"])
 
@@ -119,3 +125,26 @@ def test_discovery_under_xdist(pytester, library):
     )
     result.assert_outcomes(passed=6, failed=1)
     result.stdout.fnmatch_lines([f"*FAILED customop::{ns}::cube[[]cpu-float64-gradcheck[]]*"])
+
+
+def test_discovered_items_are_in_the_report(pytester, run, library):
+    ns = library
+    result = run(
+        f"--customop-namespace={ns}", "--customop-checks=gradcheck", "--customop-report", "--customop-report=md:report.md"
+    )
+    result.assert_outcomes(passed=6, failed=1)
+    result.stdout.fnmatch_lines(["customop: 6 passed, 1 failed in 7 item(s) over 4 op(s)"])  # scale (marked) and six discovered
+    markdown = (pytester.path / "report.md").read_text()
+    assert f"{ns}::cube" in markdown
+    # the discovered item's repro line reruns it by namespace and name, not by a node id pytest cannot collect
+    assert f"pytest --customop-namespace={ns} -k '{ns}::cube[cpu-float64-gradcheck]' --customop-seed=1234" in markdown
+
+
+def test_a_discovered_item_skipped_at_collection_is_reported_as_a_skip(run, library):
+    # forward_ad does not apply to a torch.library.custom_op op: a skip mark at collection, whose
+    # location pytest reads from reportinfo (an INTERNALERROR when its line was None)
+    ns = library
+    result = run("-rs", f"--customop-namespace={ns}", "--customop-checks=gradcheck,forward_ad", "-k", "double")
+    result.assert_outcomes(passed=2, skipped=2)
+    result.stdout.fnmatch_lines([f"SKIPPED [[]2[]] *{ns}::double: torch.library.custom_op ops cannot register a jvp*"])
+    result.stdout.no_fnmatch_line("*INTERNALERROR*")

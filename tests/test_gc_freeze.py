@@ -58,3 +58,16 @@ def test_a_run_without_customop_items_or_nested_in_a_test_leaves_the_collector_a
     pytester.makepyfile(test_ops=TESTS.format(ns=ns))
     run("test_ops.py").assert_outcomes(passed=1)  # in this process: the outer run's objects stay collectable
     assert gc.get_freeze_count() == before
+
+
+def test_objects_alive_after_collection_are_frozen_before_the_first_test_runs(pytester, ns):
+    # The freeze after collection (not only the one at session end): a test running after collection
+    # sees torch's objects already in the permanent generation.
+    pytester.makepyfile(
+        test_ops=TESTS.format(ns=ns)
+        + "\n\ndef test_zz_frozen_while_running():\n    import gc\n    print('FROZEN WHILE RUNNING:', gc.get_freeze_count())\n"
+    )
+    result = pytester.runpytest_subprocess("-s", "-p", "no:cacheprovider", "-p", "no:randomly")
+    result.assert_outcomes(passed=2)
+    (line,) = [line for line in result.outlines if "FROZEN WHILE RUNNING:" in line]
+    assert int(line.rsplit(":", 1)[1]) > 100_000

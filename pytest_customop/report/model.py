@@ -33,7 +33,12 @@ _SEVERITY = {"error": 0, "failed": 1, "xpassed": 2, "xfailed": 3, "skipped": 4, 
 
 
 def repro_command(nodeid: str, seed: int) -> str:
-    """The command line that reruns one item with the same seed."""
+    """The command line that reruns one item with the same seed (a ``--customop-namespace`` item by
+    its namespace and name: its node id ``customop::ns::op[...]`` is no path pytest can collect)."""
+    if nodeid.startswith("customop::"):
+        name = nodeid[len("customop::"):]
+        namespace = name.split("::", 1)[0]
+        return f"pytest --customop-namespace={namespace} -k {shlex.quote(name)} --customop-seed={seed}"
     return f"pytest {shlex.quote(nodeid)} --customop-seed={seed}"
 
 

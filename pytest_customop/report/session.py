@@ -13,13 +13,15 @@ which only workers can see (the controller never imports test modules).
 from __future__ import annotations
 
 import warnings
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import pytest
 
-from ..plugin import marker_errors_key, result_key, settings_key
 from .formats import ReportTarget, write_report
 from .model import ItemOutcome, NamespaceCoverage, Phase, Report, Row, first_line
+
+if TYPE_CHECKING:
+    from ..session import CustomOpSession
 
 __all__ = ["ReportPlugin", "XdistReportHooks"]
 
@@ -35,28 +37,23 @@ def _op_name_of(marker: Any) -> Optional[str]:
     op = marker.args[0]
     if isinstance(op, str):
         return op.strip()
-    for attribute in ("_qualname", "_qualified_op_name", "__name__"):
-        value = getattr(op, attribute, None)
-        if isinstance(value, str) and "::" in value:
-            return value
-    schema = getattr(op, "_schema", None)
-    if schema is not None:
-        overload = getattr(op, "_overloadname", "default")
-        return schema.name if overload in ("default", "") else f"{schema.name}.{overload}"
-    return None
+    from ..torch_internals import op_object_name
+
+    name = op_object_name(op)
+    if name is not None:
+        return name[: -len(".default")] if name.endswith(".default") else name
+    value = getattr(op, "__name__", None)
+    return value if isinstance(value, str) and "::" in value else None
 
 
-def item_meta(item: pytest.Item) -> Optional[dict]:
+def item_meta(session: CustomOpSession, item: pytest.Item) -> Optional[dict]:
     """``{"op", "check", "device", "dtype"}`` of a customop item (builtins), None for other items."""
-    callspec = getattr(item, "callspec", None)
-    case = callspec.params.get("_customop_case") if callspec is not None else None
+    case = session.case_of(item)
     if case is not None:
         from ..dtypes import dtype_id
 
         return {"op": case.spec.op.name, "check": case.check, "device": case.device, "dtype": dtype_id(case.dtype)}
-    errors = item.config.stash.get(marker_errors_key, {})
-    definition_id = f"{item.parent.nodeid}::{getattr(item, 'originalname', item.name)}" if item.parent else ""
-    if definition_id in errors:
+    if session.marker_error_of(item) is not None:
         return {"op": _op_name_of(item.get_closest_marker("customop")), "check": None, "device": None, "dtype": None}
     return None
 
@@ -64,7 +61,7 @@ def item_meta(item: pytest.Item) -> Optional[dict]:
 def _strip_prefix(text: str) -> str:
     for prefix in ("Failed: ", "Skipped: "):
         if text.startswith(prefix):
-            return text[len(prefix):]
+            return text[len(prefix) :]
     return text
 
 
@@ -101,12 +98,13 @@ def _samples_text(samples: Optional[dict]) -> str:
 
 
 class ReportPlugin:
-    """Gathers the rows of the report and writes it; one per ``config``, in ``config.stash``."""
+    """Gathers the rows of the report and writes it; one per run, reading the run's :class:`CustomOpSession`."""
 
-    def __init__(self, config: pytest.Config, targets: list[ReportTarget]) -> None:
-        self.config = config
+    def __init__(self, session: CustomOpSession, targets: list[ReportTarget]) -> None:
+        self.session = session
+        self.config = session.config
         self.targets = targets
-        self.is_controller = not hasattr(config, "workerinput")
+        self.is_controller = not hasattr(self.config, "workerinput")
         self.items: dict[str, dict] = {}  # nodeid -> meta of every customop item collected
         self.details: dict[str, dict] = {}  # nodeid -> the latest report.customop seen
         self.outcomes: dict[str, ItemOutcome] = {}  # nodeid -> the phases reported
@@ -128,7 +126,7 @@ class ReportPlugin:
     @pytest.hookimpl(trylast=True)
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         for item in session.items:
-            meta = item_meta(item)
+            meta = item_meta(self.session, item)
             item.stash[_meta_key] = meta
             if meta is not None:
                 self.items[item.nodeid] = meta
@@ -140,7 +138,7 @@ class ReportPlugin:
         if meta is None:
             return report
         info = dict(meta)
-        result = item.stash.get(result_key, None)
+        result = self.session.result_of(item)
         if result is not None:
             info.update(
                 result=str(getattr(result.outcome, "value", result.outcome)),
@@ -182,19 +180,18 @@ class ReportPlugin:
         if not self.enabled:
             return
         if hasattr(self.config, "workerinput"):
-            from .coverage import namespace_ops
-
             import torch
 
             from ..devices import available_devices
+            from .coverage import namespace_ops
 
-            self.config.workeroutput[_WORKEROUTPUT_KEY] = {
+            self.config.workeroutput[_WORKEROUTPUT_KEY] = {  # type: ignore[attr-defined]  # set by pytest-xdist
                 "coverage": namespace_ops(self._namespaces(self.items.values())),
                 "torch": str(torch.__version__),
                 "devices": available_devices(),
             }
             return
-        if not hasattr(self.config, "workerinput") and not self.config.pluginmanager.hasplugin("dsession"):
+        if not self.config.pluginmanager.hasplugin("dsession"):
             from .coverage import namespace_ops  # no workers: this process imported the ops
 
             self.coverage = namespace_ops(self._namespaces(self.items.values()))
@@ -204,7 +201,7 @@ class ReportPlugin:
                 write_report(self.report, target)
                 self.written.append(target)
         for warning in self.report.warnings:
-            warnings.warn(pytest.PytestWarning(f"pytest-customop: {warning}"))
+            warnings.warn(pytest.PytestWarning(f"pytest-customop: {warning}"), stacklevel=1)  # about the run, not a line
 
     # -- on the controller ------------------------------------------------------------------------
     def merge_worker(self, worker_id: str, output: Optional[dict]) -> None:
@@ -236,7 +233,7 @@ class ReportPlugin:
             from ..devices import available_devices
 
             torch_version, devices = str(torch.__version__), available_devices()
-        settings = self.config.stash[settings_key]
+        settings = self.session.settings
         rows = []
         for nodeid, phases in self.outcomes.items():
             meta = self.details.get(nodeid) or self.items.get(nodeid)
@@ -246,8 +243,17 @@ class ReportPlugin:
             if message.startswith(f"{nodeid}: "):  # marker errors name the item, which the row does already
                 message = message[len(nodeid) + 2 :]
             rows.append(
-                Row(meta.get("op"), meta.get("check"), meta.get("device"), meta.get("dtype"), outcome, message,
-                    phases.duration, nodeid, meta.get("samples"))
+                Row(
+                    meta.get("op"),
+                    meta.get("check"),
+                    meta.get("device"),
+                    meta.get("dtype"),
+                    outcome,
+                    message,
+                    phases.duration,
+                    nodeid,
+                    meta.get("samples"),
+                )
             )
         warnings_: list[str] = []
         if self.crashed_workers:
@@ -258,8 +264,18 @@ class ReportPlugin:
             )
             for nodeid, meta in sorted(self.items.items()):
                 if nodeid not in self.outcomes:
-                    rows.append(Row(meta.get("op"), meta.get("check"), meta.get("device"), meta.get("dtype"),
-                                    "error", f"not run: pytest-xdist worker(s) {crashed} crashed", 0.0, nodeid))
+                    rows.append(
+                        Row(
+                            meta.get("op"),
+                            meta.get("check"),
+                            meta.get("device"),
+                            meta.get("dtype"),
+                            "error",
+                            f"not run: pytest-xdist worker(s) {crashed} crashed",
+                            0.0,
+                            nodeid,
+                        )
+                    )
         tested = {row.op for row in rows if row.op} | {m["op"] for m in self.items.values() if m.get("op")}
         coverage = [
             NamespaceCoverage(
