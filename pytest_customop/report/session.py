@@ -93,7 +93,17 @@ def report_phase(report: pytest.TestReport) -> Phase:
         message=report_message(report),
         wasxfail=getattr(report, "wasxfail", None),
         duration=float(getattr(report, "duration", 0.0) or 0.0),
+        details=report_details(report),
     )
+
+
+def report_details(report: pytest.TestReport) -> str:
+    """The whole message of a failed or skipped report (every line of a failure), for the HTML report."""
+    longrepr = report.longrepr
+    if longrepr is None or report.passed:
+        return ""
+    text = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+    return _strip_prefix(str(text).strip())[:20000]
 
 
 def _samples_text(samples: Optional[dict]) -> str:
@@ -116,6 +126,7 @@ class ReportPlugin:
         # What the workers found (torch version, devices), so that the controller need not import torch.
         self.worker_torch: Optional[str] = None
         self.worker_devices: list[str] = []
+        self.worker_environment: dict = {}
         self.report: Optional[Report] = None
         self.written: list[ReportTarget] = []
         self._items_sent = False
@@ -148,6 +159,13 @@ class ReportPlugin:
                 samples={"checked": int(result.samples_checked), "total": int(result.samples_total)},
                 notes=[str(note) for note in result.notes],
             )
+            from .heatmap import finding_heatmap
+
+            info.update(finding_heatmap(result))
+        if meta.get("device") and result is not None:
+            from ..devices import where_item_runs
+
+            info.update(where_item_runs(meta["device"]))
         report.customop = info  # builtins only: pytest-xdist serializes the report's attributes
         if self.enabled and not self.is_controller and not self._items_sent:
             # The first report a worker sends carries every item it collected, so that the controller
@@ -186,12 +204,13 @@ class ReportPlugin:
 
             import torch
 
-            from ..devices import available_devices
+            from ..devices import available_devices, run_environment
 
             self.config.workeroutput[_WORKEROUTPUT_KEY] = {
                 "coverage": namespace_ops(self._namespaces(self.items.values())),
                 "torch": str(torch.__version__),
                 "devices": available_devices(),
+                "environment": run_environment(),
             }
             return
         if not hasattr(self.config, "workerinput") and not self.config.pluginmanager.hasplugin("dsession"):
@@ -214,6 +233,7 @@ class ReportPlugin:
             return
         self.workers_reported.append(worker_id)
         self.worker_torch = output.get("torch", self.worker_torch)
+        self.worker_environment = output.get("environment", self.worker_environment)
         for device in output.get("devices", []):
             if device not in self.worker_devices:
                 self.worker_devices.append(device)
@@ -230,12 +250,13 @@ class ReportPlugin:
         """The report of everything gathered so far."""
         if self.worker_torch is not None:  # a pytest-xdist controller: the workers said
             torch_version, devices = self.worker_torch, list(self.worker_devices)
+            environment = dict(self.worker_environment)
         else:
             import torch
 
-            from ..devices import available_devices
+            from ..devices import available_devices, run_environment
 
-            torch_version, devices = str(torch.__version__), available_devices()
+            torch_version, devices, environment = str(torch.__version__), available_devices(), run_environment()
         settings = self.config.stash[settings_key]
         rows = []
         for nodeid, phases in self.outcomes.items():
@@ -247,7 +268,8 @@ class ReportPlugin:
                 message = message[len(nodeid) + 2 :]
             rows.append(
                 Row(meta.get("op"), meta.get("check"), meta.get("device"), meta.get("dtype"), outcome, message,
-                    phases.duration, nodeid, meta.get("samples"))
+                    phases.duration, nodeid, meta.get("samples"), ran_on=meta.get("ran_on"),
+                    device_name=meta.get("device_name"), details=phases.details(), heatmap=meta.get("heatmap"))
             )
         warnings_: list[str] = []
         if self.crashed_workers:
@@ -282,6 +304,7 @@ class ReportPlugin:
             rows=rows,
             coverage=coverage,
             warnings=warnings_,
+            environment=environment,
         )
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
