@@ -4,12 +4,13 @@ accelerator a pytest-xdist worker uses, and the environment a run's report recor
 from __future__ import annotations
 
 import platform
-import re
 import sys
 from functools import lru_cache
 from typing import Any, Optional
 
 import torch
+
+from .worker_devices import worker_device_index
 
 __all__ = [
     "WorkerDeviceError",
@@ -17,11 +18,9 @@ __all__ = [
     "bind_worker_device",
     "device_id",
     "parse_device",
-    "parse_worker_devices",
     "run_environment",
     "unavailable_reason",
     "where_item_runs",
-    "worker_device_index",
 ]
 
 
@@ -84,40 +83,7 @@ def unavailable_reason(device: str) -> str | None:
 
 # -- which accelerator a pytest-xdist worker uses ------------------------------------------------
 class WorkerDeviceError(ValueError):
-    """A ``--customop-worker-devices`` value that is not ``auto``, ``off`` or a list of indexes."""
-
-
-def parse_worker_devices(text: str) -> Optional[list[int]]:
-    """``auto`` -> ``[]`` (worker i uses device i mod N), ``off`` -> None (every worker keeps the
-    current device), ``0,2,3`` -> worker i uses the (i mod 3)-th index of the list."""
-    value = text.strip().lower()
-    if value in ("", "auto"):
-        return []
-    if value in ("off", "no", "none", "false"):
-        return None
-    try:
-        indexes = [int(part) for part in value.split(",") if part.strip()]
-    except ValueError:
-        raise WorkerDeviceError(f"expected auto, off or comma-separated device indexes, got {text!r}") from None
-    if not indexes or any(index < 0 for index in indexes):
-        raise WorkerDeviceError(f"expected auto, off or comma-separated device indexes >= 0, got {text!r}")
-    return indexes
-
-
-def worker_device_index(worker_id: Optional[str], count: int, mapping: Optional[list[int]]) -> Optional[int]:
-    """The accelerator index pytest-xdist worker ``worker_id`` (``gw3``) runs on, or None to leave the
-    current device alone: not a worker, no accelerator, mapping turned off (None).
-
-    ``mapping`` ``[]`` spreads workers over the ``count`` devices (worker i on i mod count); a list of
-    indexes assigns worker i the (i mod len)-th of them.
-    """
-    if mapping is None or worker_id is None or count <= 0:
-        return None
-    match = re.fullmatch(r"gw(\d+)", worker_id)
-    if match is None:
-        return None
-    number = int(match.group(1))
-    return mapping[number % len(mapping)] if mapping else number % count
+    """A ``--customop-worker-devices`` index that this machine does not have."""
 
 
 def _accelerator_module(kind: str) -> Any:
@@ -127,24 +93,32 @@ def _accelerator_module(kind: str) -> Any:
     return module
 
 
-def bind_worker_device(worker_id: Optional[str], mapping: Optional[list[int]], kind: str) -> Optional[str]:
-    """Make device ``worker_device_index(...)`` of accelerator ``kind`` (``cuda``) the current one in this
-    process, so that items on the bare device (``cuda``) run there; returns it (``cuda:1``), or None when
-    nothing was changed. Items that name an index (``cuda:0``) keep it."""
+_bound: dict[str, Optional[str]] = {}  # accelerator kind -> the device this process was bound to
+
+
+def bind_worker_device(worker_id: Optional[str], mapping: Optional[list[int]], device: str) -> Optional[str]:
+    """Make this pytest-xdist worker's device of the accelerator ``device`` names (``cuda``) the current
+    one, once per process, so that items on the bare device run there (see worker_devices.py); returns
+    it (``cuda:1``), or None when nothing was changed. Items that name an index (``cuda:0``) keep it."""
+    kind = torch.device(device).type
+    if kind == "cpu":
+        return None
+    if kind in _bound:
+        return _bound[kind]
     module = _accelerator_module(kind)
-    if module is None:
+    count = int(module.device_count()) if module is not None else 0
+    index = worker_device_index(worker_id, count, mapping)
+    if module is None or index is None or not callable(getattr(module, "set_device", None)):
+        _bound[kind] = None
         return None
-    index = worker_device_index(worker_id, int(module.device_count()), mapping)
-    if index is None:
-        return None
-    if index >= module.device_count():
+    if index >= count:
         raise WorkerDeviceError(
-            f"--customop-worker-devices gives worker {worker_id} {kind}:{index}, but {module.device_count()} "
-            f"{kind} device(s) are present"
+            f"--customop-worker-devices gives worker {worker_id} {kind}:{index}, but {count} {kind} device(s) are present"
         )
     module.set_device(index)
     _device_name.cache_clear()
-    return f"{kind}:{index}"
+    _bound[kind] = f"{kind}:{index}"
+    return _bound[kind]
 
 
 # -- what a report records about where things ran ---------------------------------------------------

@@ -327,12 +327,30 @@ def pytest_runtestloop(session: pytest.Session) -> Any:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
+    _bind_worker_device(item)
     errors = item.config.stash.get(marker_errors_key, {})
     if not errors:
         return
     definition_id = f"{item.parent.nodeid}::{getattr(item, 'originalname', item.name)}"
     if definition_id in errors:
         pytest.fail(errors[definition_id], pytrace=False)
+
+
+def _bind_worker_device(item: pytest.Item) -> None:
+    """On a pytest-xdist worker, before its first accelerator item: use this worker's device."""
+    workerinput = getattr(item.config, "workerinput", None)
+    case = item.stash.get(case_key, None)
+    if workerinput is None or case is None or case.device == "cpu" or case.skip_reason:
+        return
+    from .devices import WorkerDeviceError, bind_worker_device
+
+    problem = None
+    try:
+        bind_worker_device(workerinput.get("workerid"), item.config.stash[settings_key].worker_devices, case.device)
+    except WorkerDeviceError as exc:
+        problem = str(exc)
+    if problem is not None:  # outside the except block: no chained traceback
+        pytest.fail(f"pytest-customop: {problem}", pytrace=False)
 
 
 # -- fixtures -----------------------------------------------------------------------------------

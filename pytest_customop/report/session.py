@@ -25,6 +25,7 @@ __all__ = ["ReportPlugin", "XdistReportHooks"]
 
 _meta_key = pytest.StashKey[Optional[dict]]()
 _outcome_key = pytest.StashKey[ItemOutcome]()
+_where_key = pytest.StashKey[dict]()
 _WORKEROUTPUT_KEY = "customop_report"
 
 
@@ -162,10 +163,11 @@ class ReportPlugin:
             from .heatmap import finding_heatmap
 
             info.update(finding_heatmap(result))
-        if meta.get("device") and result is not None:
+        if report.when == "setup" and report.passed and meta.get("device"):  # it runs: on which device
             from ..devices import where_item_runs
 
-            info.update(where_item_runs(meta["device"]))
+            item.stash[_where_key] = where_item_runs(meta["device"])
+        info.update(item.stash.get(_where_key, {}))
         report.customop = info  # builtins only: pytest-xdist serializes the report's attributes
         if self.enabled and not self.is_controller and not self._items_sent:
             # The first report a worker sends carries every item it collected, so that the controller
