@@ -187,7 +187,7 @@ code{background:#f5f5f5;padding:0 .2em}
 .warning{color:#a60}
 .opener{display:none}
 .panel{display:none;border:1px solid #999;border-left:6px solid #999;margin:.5em 0;padding:.5em 1em;background:#fff;max-width:75em}
-.opener:checked+.panel{display:block}
+.opener:checked+.panel,.panel:target{display:block}
 .panel.failed,.panel.error{border-left-color:#c33;font-weight:normal}
 .panel.skipped,.panel.xfailed{border-left-color:#cb3;font-weight:normal}
 .panel.passed{border-left-color:#3a3;font-weight:normal}

@@ -24,14 +24,14 @@ def cell_text(cell: Optional[Cell], names: Optional[dict[str, str]] = None) -> s
     if cell is None:
         return "-"
     words = names or {outcome: text for outcome, (text, _) in CELL_TEXT.items()}
-    by_label = cell.outcome_by_label()
-    if len(by_label) == 1:
+    shown = cell.outcome_by_run()
+    if len(shown) == 1:
         outcomes = [e.row.outcome for e in cell.entries]
         text = words.get(cell.outcome, cell.outcome)
         if cell.conflict or len(set(outcomes)) > 1:
             text += f" {outcomes.count(cell.outcome)}/{len(outcomes)}"
         return ("CONFLICT " if cell.conflict else "") + text
-    both = " ".join(f"{words.get(outcome, outcome)}@{label}" for label, outcome in by_label.items())
+    both = " ".join(f"{words.get(outcome, outcome)}@{label}" for label, outcome in shown)
     return ("CONFLICT " if cell.conflict else "") + both
 
 

@@ -194,6 +194,19 @@ class Cell:
             found.setdefault(entry.label, []).append(entry.row.outcome)
         return {label: worst(outcomes) for label, outcomes in sorted(found.items())}
 
+    def outcome_by_run(self) -> list[tuple[str, str]]:
+        """``(environment letter, outcome)`` of each run that has this cell (the worst of its items), runs
+        that agree with an earlier one of their environment left out: ``[("A", "passed"), ("B", "failed")]``."""
+        per_run: dict[int, list[Entry]] = {}
+        for entry in self.entries:
+            per_run.setdefault(entry.run, []).append(entry)
+        shown: list[tuple[str, str]] = []
+        for entries in per_run.values():
+            pair = (entries[0].label, worst([e.row.outcome for e in entries]))
+            if pair not in shown:
+                shown.append(pair)
+        return shown
+
     @property
     def conflict(self) -> bool:
         """Two runs decided this cell differently (skips decide nothing)."""
