@@ -179,8 +179,9 @@ th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left;vertical-align:to
 th{background:#f3f3f3}
 td.cell label{cursor:pointer;display:block}
 td.cell label:hover{text-decoration:underline}
-.passed{background:#dff5df}.failed,.error{background:#fbd9d9;font-weight:bold}
-.skipped,.xfailed{background:#fff4cc}.xpassed{background:#ffe3b3;font-weight:bold}
+td.passed{background:#dff5df}td.failed,td.error{background:#fbd9d9;font-weight:bold}
+td.skipped,td.xfailed{background:#fff4cc}td.xpassed{background:#ffe3b3;font-weight:bold}
+.entry{border-top:1px solid #ddd;padding-top:.3em}
 .conflict{outline:3px solid #8a2be2;outline-offset:-3px}
 .duration,.env-names{display:block;font-weight:normal;font-size:.8em;color:#555}
 code{background:#f5f5f5;padding:0 .2em}
@@ -188,9 +189,9 @@ code{background:#f5f5f5;padding:0 .2em}
 .opener{display:none}
 .panel{display:none;border:1px solid #999;border-left:6px solid #999;margin:.5em 0;padding:.5em 1em;background:#fff;max-width:75em}
 .opener:checked+.panel,.panel:target{display:block}
-.panel.failed,.panel.error{border-left-color:#c33;font-weight:normal}
-.panel.skipped,.panel.xfailed{border-left-color:#cb3;font-weight:normal}
-.panel.passed{border-left-color:#3a3;font-weight:normal}
+.panel.failed,.panel.error{border-left-color:#c33}
+.panel.skipped,.panel.xfailed,.panel.xpassed{border-left-color:#cb3}
+.panel.passed{border-left-color:#3a3}
 .panel pre{white-space:pre-wrap;word-break:break-word;background:#f7f7f7;padding:.5em;margin:.4em 0}
 .panel .close{float:right;cursor:pointer;color:#555}
 .heatmap{display:block;margin:.3em 0}
@@ -349,7 +350,7 @@ def _html_panel(matrix: "Matrix", opener: str, what: str, entries: list, heatmap
         text = row.details or row.message
         if text:
             parts.append(f'<pre class="message">{_h(text)}</pre>')
-        if row.outcome not in ("passed",):
+        if row.outcome != "passed" and matrix.repro(entry) not in text:
             parts.append(f'<p class="repro">reproduce: <code>{_h(matrix.repro(entry))}</code></p>')
         if row.heatmap:
             shape = "x".join(str(n) for n in row.heatmap.get("shape", [])) or "scalar"

@@ -16,6 +16,9 @@ __all__ = ["MAX_SIDE", "difference_grid", "finding_heatmap", "heatmap_svg"]
 
 #: The grid's largest side: larger tensors are max-pooled down to it (the worst element of each block).
 MAX_SIDE = 32
+#: Below this share of the worst difference an element is drawn white: finite differences' own rounding
+#: (1e-10 next to an error of 1) is not a pattern.
+_AGREES = 1e-3
 
 
 def _round(value: float) -> Optional[float]:
@@ -66,14 +69,16 @@ def _colour(value: Optional[float], top: float) -> str:
     if value is None:
         return "#000"
     share = value / top if top > 0 else 0.0
-    # white (agrees) to deep red (the worst element)
-    green_blue = round(255 * (1 - share) ** 1.5)
-    return f"rgb(255,{green_blue},{green_blue})" if share > 0 else "#fff"
+    if share < _AGREES:
+        return "#fff"
+    # pale (small) to deep red (the worst element)
+    green_blue = round(230 * (1 - share) ** 1.5)
+    return f"rgb(255,{green_blue},{green_blue})"
 
 
 def heatmap_svg(heatmap: dict[str, Any], cell_px: Optional[int] = None) -> str:
     """The grid as an inline SVG (no script, nothing fetched): one square per pooled element, white where
-    got equals expected, red as |got - expected| nears its maximum, black for NaN/inf; each square's
+    got equals expected (within 0.1% of the worst difference), red as |got - expected| nears its maximum, black for NaN/inf; each square's
     tooltip gives its place and value."""
     grid = heatmap.get("grid") or []
     rows, cols = len(grid), max((len(row) for row in grid), default=0)
@@ -86,7 +91,7 @@ def heatmap_svg(heatmap: dict[str, Any], cell_px: Optional[int] = None) -> str:
     name = heatmap.get("input") or "input"
     label = f"|got - expected| of {name} ({shape}), max {top:.3g}"
     out = [
-        f'<svg class="heatmap" xmlns="http://www.w3.org/2000/svg" width="{cols * size}" height="{rows * size}" '
+        f'<svg class="heatmap" width="{cols * size}" height="{rows * size}" '
         f'viewBox="0 0 {cols * size} {rows * size}" role="img" aria-label="{html.escape(label)}">',
         f"<title>{html.escape(label)}</title>",
         f'<rect width="{cols * size}" height="{rows * size}" fill="#fff" stroke="#999"/>',
