@@ -14,13 +14,12 @@ import os
 import subprocess
 import sys
 import tempfile
-import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from headless_chromium import Chromium, find_chromium  # noqa: E402
+from headless_chromium import Chromium, find_chromium
 
 SUITE = '''
 import pytest

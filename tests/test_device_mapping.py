@@ -4,7 +4,6 @@ and the report names the device each result ran on. No GPU here: the device coun
 from __future__ import annotations
 
 import json
-import textwrap
 
 import pytest
 

@@ -314,11 +314,11 @@ def matrix_html(matrix: "Matrix", header: Optional[str] = None) -> str:
     coverage = matrix.coverage()
     if coverage:
         out.append('<section class="coverage"><h2>coverage</h2><ul>')
-        for entry in coverage:
-            untested = ", ".join(f"<code>{_h(n)}</code>" for n in entry.untested) or "none"
-            no_autograd = ", ".join(f"<code>{_h(n)}</code>" for n in entry.no_autograd) or "none"
+        for namespace in coverage:
+            untested = ", ".join(f"<code>{_h(n)}</code>" for n in namespace.untested) or "none"
+            no_autograd = ", ".join(f"<code>{_h(n)}</code>" for n in namespace.no_autograd) or "none"
             out.append(
-                f"<li>namespace <code>{_h(entry.namespace)}</code> ({len(entry.ops)} op(s)): "
+                f"<li>namespace <code>{_h(namespace.namespace)}</code> ({len(namespace.ops)} op(s)): "
                 f"not tested: {untested}; no autograd formula: {no_autograd}</li>"
             )
         out.append("</ul></section>")

@@ -55,8 +55,8 @@ def matrix_terminal(matrix: Matrix, width: int) -> list[Line]:
     lines: list[Line] = [[(f"customop report merged from {len(matrix.runs)} run(s)", {"bold": True})]]
     for label, environment in matrix.environments().items():
         sources = ", ".join(matrix.sources_of(label))
-        for line in _wrapped(f"{label}  {environment_text(environment)}  ({sources})", width, _INDENT):
-            lines.append([(line, {})])
+        for wrapped in _wrapped(f"{label}  {environment_text(environment)}  ({sources})", width, _INDENT):
+            lines.append([(wrapped, {})])
     for op in matrix.ops():
         lines.append([])
         lines.append([(op or "items whose op is not known", {"bold": True})])
@@ -82,8 +82,9 @@ def matrix_terminal(matrix: Matrix, width: int) -> list[Line]:
                     lines.append(line)
         for entry in [e for e in matrix.failures() if e.row.op == op]:
             text, markup = CELL_TEXT[entry.row.outcome]
-            for number, line in enumerate(_wrapped(f"{text} {_where(entry, matrix.merged)}: {entry.row.message or '(no message)'}", width, _INDENT)):
-                lines.append([(line, markup if number == 0 else {})])
+            reason = f"{text} {_where(entry, matrix.merged)}: {entry.row.message or '(no message)'}"
+            for number, wrapped in enumerate(_wrapped(reason, width, _INDENT)):
+                lines.append([(wrapped, markup if number == 0 else {})])
             lines.append([(f"{_INDENT * 2}reproduce: {matrix.repro(entry)}", {})])
     conflicts = matrix.conflicts()
     if conflicts:
@@ -93,7 +94,7 @@ def matrix_terminal(matrix: Matrix, width: int) -> list[Line]:
             outcomes = ", ".join(f"{o} in {label}" for label, o in cell.outcome_by_label().items())
             lines.append([(f"{_INDENT}{op} {check} {column}: {outcomes}", {})])
     for warning in matrix.warnings():
-        lines.extend([(line, {"yellow": True, "bold": True})] for line in _wrapped(f"warning: {warning}", width, ""))
+        lines.extend([(wrapped, {"yellow": True, "bold": True})] for wrapped in _wrapped(f"warning: {warning}", width, ""))
     lines.append([])
     lines.append([(f"customop: {matrix.totals_text()}", {"red": True, "bold": True} if matrix.failures() or conflicts else {"green": True})])
     return lines

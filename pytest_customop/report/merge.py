@@ -18,7 +18,15 @@ import string
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from .model import REPORT_VERSION, NamespaceCoverage, Report, Row, column_sort_key, repro_command, worst
+from .model import (
+    REPORT_VERSION,
+    NamespaceCoverage,
+    Report,
+    Row,
+    column_sort_key,
+    repro_command,
+    worst,
+)
 
 __all__ = [
     "READERS",
@@ -147,7 +155,7 @@ def read_inputs(paths: list[str]) -> list[Run]:
 
 
 # -- the merged matrix --------------------------------------------------------------------------
-def _environment_key(environment: dict[str, Any], rows: list[Row]) -> tuple:
+def _environment_key(environment: dict[str, Any]) -> tuple:
     names = environment.get("devices") or {}
     return tuple(str(environment.get(k)) for k in _ENVIRONMENT_KEYS) + tuple(sorted(names.items()))
 
@@ -248,7 +256,7 @@ class Matrix:
 
     def ops(self) -> list[Optional[str]]:
         ops = {op for op, _, _ in self.cells} | {e.row.op for e in self.unplaced}
-        return sorted((op for op in ops if op is not None)) + ([None] if None in ops else [])
+        return sorted(op for op in ops if op is not None) + ([None] if None in ops else [])
 
     def _check_key(self, check: str) -> tuple:
         return (self.check_order.index(check), "") if check in self.check_order else (len(self.check_order), check)
@@ -381,7 +389,7 @@ def merge_runs(runs: list[Run]) -> Matrix:
     keys: list[tuple] = []
     labels = []
     for run in runs:
-        key = _environment_key(run.environment, run.rows)
+        key = _environment_key(run.environment)
         if key not in keys:
             keys.append(key)
         labels.append(keys.index(key))

@@ -25,7 +25,7 @@ __all__ = ["ReportPlugin", "XdistReportHooks"]
 
 _meta_key = pytest.StashKey[Optional[dict]]()
 _outcome_key = pytest.StashKey[ItemOutcome]()
-_where_key = pytest.StashKey[dict]()
+_where_key = pytest.StashKey[dict[str, str]]()
 _WORKEROUTPUT_KEY = "customop_report"
 
 
@@ -167,7 +167,7 @@ class ReportPlugin:
             from ..devices import where_item_runs
 
             item.stash[_where_key] = where_item_runs(meta["device"])
-        info.update(item.stash.get(_where_key, {}))
+        info.update(item.stash.get(_where_key, None) or {})
         report.customop = info  # builtins only: pytest-xdist serializes the report's attributes
         if self.enabled and not self.is_controller and not self._items_sent:
             # The first report a worker sends carries every item it collected, so that the controller
