@@ -143,7 +143,10 @@ def _device_name(device: str) -> tuple[str, str]:
     module = _accelerator_module(parsed.type)
     if module is None:
         return device, ""
-    index = parsed.index if parsed.index is not None else int(module.current_device())
+    current = getattr(module, "current_device", None)  # torch.mps has none: one device, no index
+    if parsed.index is None and current is None:
+        return device, ""
+    index = parsed.index if parsed.index is not None else int(current())
     name_of = getattr(module, "get_device_name", None)
     try:
         name = str(name_of(index)) if name_of is not None else ""
