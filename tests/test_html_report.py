@@ -162,3 +162,47 @@ def test_in_a_browser_a_failed_cell_opens_its_message_and_the_filter_hides_passe
         shot = browser.screenshot(str(tmp_path / "report.png"))
     data = open(shot, "rb").read()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+LOW_PRECISION_SUITE = '''
+import pytest
+import torch
+from torch.library import custom_op
+
+from pytest_customop import SampleInput
+
+
+@custom_op("{ns}::half_wrong", mutates_args=())
+def half_wrong(x: torch.Tensor) -> torch.Tensor:
+    return x * 2
+
+
+def backward(ctx, grad):
+    result = grad * 2
+    if grad.dtype != torch.float64:  # a low-precision kernel that drops the last column
+        result[..., -1] = 0
+    return result
+
+
+half_wrong.register_autograd(backward)
+
+
+def samples(device, dtype, requires_grad):
+    yield SampleInput(torch.randn(3, 5, device=device, dtype=dtype, requires_grad=requires_grad))
+
+
+@pytest.mark.customop(half_wrong, samples=samples, dtypes=["float64", "float32"], checks=["gradcheck"])
+def test_half_wrong(customop):
+    customop.check()
+'''
+
+
+def test_a_low_precision_gradient_wrong_in_one_column_shows_it(pytester: pytest.Pytester, ns: str, run) -> None:
+    pytester.makepyfile(test_half=LOW_PRECISION_SUITE.replace("{ns}", ns))
+    result = run("--customop-report=json:report.json")
+    result.assert_outcomes(passed=1, failed=1)
+    rows = {r["dtype"]: r for r in json.loads((pytester.path / "report.json").read_text())["results"]}
+    assert rows["float64"]["heatmap"] is None
+    heatmap = rows["float32"]["heatmap"]
+    assert heatmap["input"] == "x" and heatmap["shape"] == [3, 5]
+    assert [[value > 0 for value in row] for row in heatmap["grid"]] == [[False] * 4 + [True]] * 3
