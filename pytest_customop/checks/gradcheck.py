@@ -121,7 +121,7 @@ class FiniteDifferenceDiagnosis:
                 if mismatch is None:
                     continue
                 message = f"{what} of input {label}: {mismatch.describe('finite differences', 'backward')}"
-                self.heatmaps[label] = difference_grid(grad, numeric, label.strip("'"))
+                self.heatmaps[label] = difference_grid(grad, numeric, label.replace("'", ""))
             else:
                 found = directional_mismatch(fn, leaves, position, grad, weights, self.eps, self.tol, generator)
                 if found is None:
@@ -508,7 +508,7 @@ class _GradientCheck(Check):
                         f"{what} of the same input values: "
                         + mismatch.describe(dtype_id(ref_dtype), dtype_id(ctx.dtype)),
                         input_name=name,
-                        heatmap=difference_grid(g, e, name or label),
+                        heatmap=difference_grid(g, e, label.replace("'", "")),
                     )
                 )
         return findings[:1] if findings else []
