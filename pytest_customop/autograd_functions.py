@@ -192,6 +192,16 @@ class AutogradFunctionOp(ResolvedOp):
             "staticmethod (torch raises 'You must implement the jvp function'); not a failure of the op"
         )
 
+    def compile_unsupported_reason(self) -> Optional[str]:
+        """Why torch.compile cannot trace this Function (Dynamo refuses a custom jvp or vjp), or None."""
+        custom = [m for m in ("jvp", "vjp") if _overrides(self.function, m)]
+        if not custom:
+            return None
+        return (
+            f"{self.name} defines a custom {custom[0]}: torch {torch.__version__}'s torch.compile does not trace "
+            f"an autograd.Function with one ('Unsupported custom {custom[0]}'); not a failure of the op"
+        )
+
     def __repr__(self) -> str:
         return f"<AutogradFunctionOp {self.name}: {self.schema}>"
 

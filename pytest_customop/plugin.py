@@ -65,6 +65,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         dest="customop_list",
         help="print the ops, checks, devices and dtypes that would run, and run nothing.",
     )
+    # Not in OPTIONS: resolved before conftest files are imported (Triton reads it at @triton.jit).
+    group.addoption(
+        "--customop-triton-interpret",
+        action="store_true",
+        default=False,
+        dest="customop_triton_interpret",
+        help="set TRITON_INTERPRET=1 before conftest files and test modules are imported, so Triton kernels "
+        "run on CPU tensors through Triton's interpreter (an explicit TRITON_INTERPRET wins). "
+        "Ini: customop_triton_interpret.",
+    )
+    parser.addini("customop_triton_interpret", type="bool", default=False,
+                  help="set TRITON_INTERPRET=1 for the run (see --customop-triton-interpret).")
     group.addoption(  # repeatable, so not in OPTIONS
         "--customop-report",
         action="append",
@@ -76,6 +88,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="report which op passed which check on which device and dtype. Bare: a table per op after "
         "the run; FORMAT:PATH (repeatable) writes json, md or html to PATH.",
     )
+
+
+triton_interpret_set_key = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser, args: list[str]) -> None:
+    from .triton_support import enable_interpreter
+
+    requested = bool(early_config.known_args_namespace.customop_triton_interpret) or bool(
+        early_config.getini("customop_triton_interpret")
+    )
+    early_config.stash[triton_interpret_set_key] = enable_interpreter(os.environ, requested)
 
 
 # pytest configs alive in this process: more than one means a run nested in a test (pytester's
@@ -156,6 +181,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     global _live_configs
     _live_configs -= 1
+    if config.stash.get(triton_interpret_set_key, False):  # leave the environment as the run found it
+        os.environ.pop("TRITON_INTERPRET", None)
 
 
 def _freeze_gc(session: pytest.Session) -> None:
@@ -178,7 +205,10 @@ def pytest_report_header(config: pytest.Config) -> str:
 
     from .devices import available_devices
 
-    return f"customop: torch {torch.__version__}, devices: {', '.join(available_devices())}, {seed}"
+    from .triton_support import interpreter_enabled
+
+    triton = ", Triton interpreter on (TRITON_INTERPRET)" if interpreter_enabled(os.environ) else ""
+    return f"customop: torch {torch.__version__}, devices: {', '.join(available_devices())}{triton}, {seed}"
 
 
 def _installed_torch_version() -> str:

@@ -125,9 +125,8 @@ class CompileCheck(Check):
     def not_applicable(self, op: Any, spec: Any) -> Optional[str]:
         if not any(a.kind.is_tensor_like for a in op.arguments):
             return f"{op.name} takes no tensor argument"
-        if op.registration.name == "AUTOGRAD_FUNCTION" and op.has_jvp:
-            return (f"{op.name} defines a jvp: torch {torch.__version__}'s torch.compile does not trace an autograd.Function "
-                    "with a custom jvp ('Unsupported custom jvp')")
+        if op.registration.name == "AUTOGRAD_FUNCTION" and op.compile_unsupported_reason():
+            return op.compile_unsupported_reason()
         return None  # whether dynamo runs here is asked in run(): importing it takes seconds
 
     def run(self, ctx: CheckContext) -> CheckResult:
