@@ -6,8 +6,9 @@ import torch
 
 pytest.importorskip("triton", reason="the Triton example needs triton: pip install 'pytest-customop[triton]'")
 
-import triton_ops  # noqa: E402  (after the skip: it imports triton)
-from pytest_customop import SampleInput  # noqa: E402
+import triton_ops  # after the skip: it imports triton
+
+from pytest_customop import SampleInput
 
 
 def scaled_mul_samples(device, dtype, requires_grad):

@@ -35,13 +35,13 @@ __all__ = [
 ]
 
 
-def _overrides(function: type, method: str) -> bool:
+def _overrides(function: type[torch.autograd.Function], method: str) -> bool:
     """Whether ``function`` defines ``method`` (``setup_context``, ``jvp``, ``vmap``, ``backward``...)
     rather than inheriting the placeholder of ``torch.autograd.Function``."""
     return getattr(function, method, None) is not getattr(torch.autograd.Function, method, None)
 
 
-def uses_setup_context(function: type) -> bool:
+def uses_setup_context(function: type[torch.autograd.Function]) -> bool:
     """``forward(*inputs)`` plus ``setup_context(ctx, inputs, output)``, rather than ``forward(ctx, *inputs)``."""
     return _overrides(function, "setup_context")
 
@@ -66,7 +66,7 @@ def _annotation_type(annotation: Any) -> tuple[str, ArgKind]:
     return str(annotation), ArgKind.OTHER
 
 
-def _forward_parameters(function: type) -> list[inspect.Parameter]:
+def _forward_parameters(function: type[torch.autograd.Function]) -> list[inspect.Parameter]:
     forward = function.forward
     try:
         signature = inspect.signature(forward)
@@ -86,11 +86,11 @@ def _forward_parameters(function: type) -> list[inspect.Parameter]:
     return parameters
 
 
-def function_arguments(function: type) -> list[ArgInfo]:
+def function_arguments(function: type[torch.autograd.Function]) -> list[ArgInfo]:
     """One :class:`ArgInfo` per input of ``function.forward``, typed from its annotations."""
     try:
         hints = typing.get_type_hints(function.forward)
-    except Exception:  # an annotation naming something not importable here: use the raw ones
+    except (NameError, TypeError, AttributeError):  # an annotation naming what is not importable here: the raw ones
         hints = {}
     arguments = []
     for parameter in _forward_parameters(function):
@@ -128,7 +128,7 @@ class FunctionSignature:
     is_mutable: bool = False
 
     def __str__(self) -> str:
-        shown = []
+        shown: list[str] = []
         for argument in self.arguments:
             text = f"{argument.type} {argument.name}"
             if argument.default_value is not None:
@@ -206,7 +206,7 @@ class AutogradFunctionOp(ResolvedOp):
         return f"<AutogradFunctionOp {self.name}: {self.schema}>"
 
 
-def resolve_autograd_function(function: type) -> AutogradFunctionOp:
+def resolve_autograd_function(function: type[torch.autograd.Function]) -> AutogradFunctionOp:
     """The op under test for a ``torch.autograd.Function`` subclass. Raises OpResolutionError when its
     inputs cannot be named or it has no backward."""
     if not _overrides(function, "backward") and not _overrides(function, "vjp"):
@@ -301,8 +301,12 @@ class FunctionCheckingKernel:
         args, kwargs = self.op.split_bound(dict(bound))
         return checking.apply(*args, **kwargs)
 
-    def _checking_subclass(self, inputs: Mapping[str, Any]) -> type:
-        from .kernel import GradientValidationError, positional_to_dict, validate_gradients
+    def _checking_subclass(self, inputs: Mapping[str, Any]) -> Any:
+        from .kernel import (
+            GradientValidationError,
+            positional_to_dict,
+            validate_gradients,
+        )
         from .kernel.generated_kernel import _mutations, _saved_tensors, _snapshot
 
         function, source, positional = self.op.function, self.source, self._positional

@@ -127,7 +127,7 @@ def environment_refusal(messages: list[str]) -> Optional[str]:
     return None
 
 
-def with_environment_refusals_skipped(result: "CheckResult") -> "CheckResult":
+def with_environment_refusals_skipped(result: CheckResult) -> CheckResult:
     """``result``, or a skip quoting Triton when it failed only because Triton refused to run here."""
     from .checks.base import CheckResult, Outcome
 

@@ -290,10 +290,10 @@ def test_dtype(customop):
     result = run("-p", "no:logging")
     result.assert_outcomes(failed=4)
     result.stdout.fnmatch_lines_random([
-        "*test_functions.TooFew: backward returned 2 gradient(s), expected 3, one per positional input (x, y, alpha): "
-        "nothing for input 'alpha'*",
-        "*test_functions.Extra: backward returned 4 gradients, expected 3, one per positional input (x, y, alpha): "
-        "extra trailing entry None after the last input 'alpha' (torch drops a trailing None silently)*",
+        ("*test_functions.TooFew: backward returned 2 gradient(s), expected 3, one per positional input (x, y, alpha): "
+         "nothing for input 'alpha'*"),
+        ("*test_functions.Extra: backward returned 4 gradients, expected 3, one per positional input (x, y, alpha): "
+         "extra trailing entry None after the last input 'alpha' (torch drops a trailing None silently)*"),
         "*the gradient for input 'bias': expected shape [[]4[]] (the input's), got [[]3, 4[]] (torch would sum it down silently)*",
         "*the gradient for input 'x': expected dtype float64 (the input's), got float32 (torch would cast it silently)*",
     ])

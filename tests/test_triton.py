@@ -170,9 +170,9 @@ def test_asm(customop):
     result = run("-rs", "-p", "no:logging", "--customop-triton-interpret")
     result.assert_outcomes(skipped=2)
     result.stdout.fnmatch_lines([
-        "*Triton's interpreter does not support a feature this kernel uses (*InterpreterError: "
-        "NotImplementedError('inline_asm not supported in interpreter mode')*): not a failure of the op; "
-        "run this check on a GPU*",
+        ("*Triton's interpreter does not support a feature this kernel uses (*InterpreterError: "
+         "NotImplementedError('inline_asm not supported in interpreter mode')*): not a failure of the op; "
+         "run this check on a GPU*"),
     ])
 
 
@@ -187,8 +187,8 @@ def test_mul(customop):
     result = run("-rs", "-p", "no:logging")
     result.assert_outcomes(skipped=1)
     result.stdout.fnmatch_lines([
-        "*a Triton kernel was launched on CPU tensors with Triton's interpreter off (*): run with "
-        "--customop-triton-interpret (or ini customop_triton_interpret = true, or TRITON_INTERPRET=1)*",
+        ("*a Triton kernel was launched on CPU tensors with Triton's interpreter off (*): run with "
+         "--customop-triton-interpret (or ini customop_triton_interpret = true, or TRITON_INTERPRET=1)*"),
     ])
 
 
