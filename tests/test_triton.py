@@ -166,9 +166,30 @@ def one(device, dtype, requires_grad):
 @pytest.mark.customop(asm_copy, samples=one, dtypes=[torch.float32], checks=["grad_keys", "noncontiguous"])
 def test_asm(customop):
     customop.check()
+
+# The kernel's own bug (blocks of different shapes): an InterpreterError that is the op's failure.
+@triton.jit
+def broken_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
+    offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    x = tl.load(x_ptr + offsets, mask=offsets < n)
+    tl.store(out_ptr + offsets, x + tl.arange(0, 2 * BLOCK), mask=offsets < n)
+
+@triton_op(f"{NS}::broken", mutates_args=())
+def broken(x: Tensor) -> Tensor:
+    x = x.contiguous()
+    out = torch.empty_like(x)
+    wrap_triton(broken_kernel)[(triton.cdiv(x.numel(), BLOCK),)](x, out, x.numel(), BLOCK=BLOCK)
+    return out
+
+broken.register_autograd(lambda ctx, grad: grad)
+
+@pytest.mark.customop(broken, samples=one, dtypes=[torch.float32], checks=["grad_keys"])
+def test_broken(customop):
+    customop.check()
 ''')
     result = run("-rs", "-p", "no:logging", "--customop-triton-interpret")
-    result.assert_outcomes(skipped=2)
+    result.assert_outcomes(skipped=2, failed=1)
+    result.stdout.fnmatch_lines(["*forward raised InterpreterError: ValueError(*"])
     result.stdout.fnmatch_lines([
         ("*Triton's interpreter does not support a feature this kernel uses (*InterpreterError: "
          "NotImplementedError('inline_asm not supported in interpreter mode')*): not a failure of the op; "
