@@ -23,3 +23,15 @@ def scaled_mul_samples(device, dtype, requires_grad):
                       devices=["cpu", "cuda"])
 def test_scaled_mul(customop):
     customop.check()
+
+
+def scaled_mul_backward_samples(device, dtype, requires_grad):
+    make = lambda *s: torch.randn(*s, device=device, dtype=dtype, requires_grad=requires_grad)
+    yield SampleInput(make(3, 4), make(3, 4), make(3, 4), 2.0)
+
+
+# The backward op on its own (scaled_mul's gradgradcheck goes through it too): its own backward.
+@pytest.mark.customop(triton_ops.scaled_mul_backward, samples=scaled_mul_backward_samples, dtypes=[torch.float64],
+                      devices=["cpu", "cuda"], checks=["gradcheck", "grad_keys", "noncontiguous"])
+def test_scaled_mul_backward(customop):
+    customop.check()
