@@ -17,6 +17,7 @@ or drop it. ``forward``, ``setup_context``, ``jvp`` and ``vmap`` are the Functio
 from __future__ import annotations
 
 import inspect
+import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
@@ -47,6 +48,9 @@ def uses_setup_context(function: type[torch.autograd.Function]) -> bool:
 
 
 # -- forward's parameters as schema arguments -----------------------------------------------------------
+_UNIONS = (typing.Union, getattr(types, "UnionType", typing.Union))  # Optional[T] and T | None (Python >= 3.10)
+
+
 def _annotation_type(annotation: Any) -> tuple[str, ArgKind]:
     """The schema-style type name and kind of one annotation (``inspect.Parameter.empty``: none)."""
     if annotation is inspect.Parameter.empty or annotation is Any:
@@ -54,7 +58,7 @@ def _annotation_type(annotation: Any) -> tuple[str, ArgKind]:
     if annotation is torch.Tensor:
         return "Tensor", ArgKind.TENSOR
     origin, parameters = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin is typing.Union and type(None) in parameters and len(parameters) == 2:
+    if origin in _UNIONS and type(None) in parameters and len(parameters) == 2:
         inner = next(p for p in parameters if p is not type(None))
         name, kind = _annotation_type(inner)
         return f"Optional[{name}]", ArgKind.OPTIONAL_TENSOR if kind is ArgKind.TENSOR else ArgKind.OTHER
@@ -82,6 +86,12 @@ def _forward_parameters(function: type[torch.autograd.Function]) -> list[inspect
         raise OpResolutionError(
             f"{function.__qualname__}.forward takes *{variadic[0]}: its inputs have no names to check them by; "
             "give forward one named parameter per input"
+        )
+    keyword_only = [p.name for p in parameters if p.kind is p.KEYWORD_ONLY]
+    if keyword_only:
+        raise OpResolutionError(
+            f"{function.__qualname__}.forward has keyword-only parameter {keyword_only[0]!r}: "
+            "torch.autograd.Function.apply takes its inputs positionally"
         )
     return parameters
 
@@ -130,10 +140,12 @@ class FunctionSignature:
     def __str__(self) -> str:
         shown: list[str] = []
         for argument in self.arguments:
+            if argument.kwarg_only and "*" not in shown:
+                shown.append("*")
             text = f"{argument.type} {argument.name}"
             if argument.default_value is not None:
                 text += f"={argument.default_value!r}"
-            shown.append(("*, " if argument.kwarg_only and not any("*" in s for s in shown) else "") + text)
+            shown.append(text)
         return f"{self.name}.forward({', '.join(shown)})"
 
 

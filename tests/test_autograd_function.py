@@ -373,7 +373,7 @@ def test_unannotated(customop):
     ])
 
 
-def test_a_forward_without_named_inputs_is_a_marker_error(pytester, run):
+def test_a_forward_without_named_positional_inputs_is_a_marker_error(pytester, run):
     write(pytester, '''
 class Variadic(torch.autograd.Function):
     @staticmethod
@@ -384,17 +384,32 @@ class Variadic(torch.autograd.Function):
     def backward(ctx, grad):
         return grad, grad
 
+class KeywordOnly(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, *, scale):
+        return x * scale
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
 @pytest.mark.customop(Variadic, samples=pair)
 def test_variadic(customop):
+    customop.check()
+
+@pytest.mark.customop(KeywordOnly, samples=pair)
+def test_keyword_only(customop):
     customop.check()
 
 @pytest.mark.customop(Scale, samples=pair, dtypes=[torch.float64], checks=["grad_keys"])
 def test_other(customop):
     customop.check()
 ''')
-    result = run("-p", "no:logging")
-    result.stdout.fnmatch_lines([
-        "*Variadic.forward takes *xs: its inputs have no names to check them by*",
+    result = run("-v", "-p", "no:logging")
+    result.stdout.fnmatch_lines_random([
+        "*Variadic.forward takes [*]xs: its inputs have no names to check them by*",
+        "*KeywordOnly.forward has keyword-only parameter 'scale': torch.autograd.Function.apply takes its inputs positionally*",
+        "*test_other[[]cpu-float64-grad_keys[]] PASSED*",  # the other test's items are unaffected
     ])
 
 
