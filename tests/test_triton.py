@@ -277,3 +277,44 @@ def test_double(customop):
     result.stdout.fnmatch_lines([
         "SKIPPED [[]1[]] test_triton_ops.py:*: the Triton example needs triton: pip install 'pytest-customop[[]triton[]]'",
     ])
+
+
+def test_under_xdist_workers_run_triton_through_the_interpreter(pytester, ns):
+    """The option is resolved on the controller and on each worker, before any test module is imported."""
+    write(pytester, ns, '''
+define_mul("mul")
+define_mul("flat_forward", forward_contiguous=False)
+
+class AlphaGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, alpha):
+        ctx.alpha = alpha
+        return x * alpha
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.alpha, grad.sum()
+
+def scaled(device, dtype, requires_grad):
+    yield SampleInput(torch.randn(3, 4, dtype=dtype, requires_grad=requires_grad), 2.0)
+
+@pytest.mark.customop(f"{NS}::mul", samples=pair, dtypes=[torch.float64], checks=["gradcheck", "noncontiguous"])
+def test_mul(customop):
+    customop.check()
+
+@pytest.mark.customop(f"{NS}::flat_forward", samples=pair, dtypes=[torch.float64], checks=["noncontiguous"])
+def test_flat_forward(customop):
+    customop.check()
+
+@pytest.mark.customop(AlphaGrad, samples=scaled, dtypes=[torch.float64], checks=["grad_keys"])
+def test_alpha(customop):
+    customop.check()
+''')
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", "--customop-seed=3", "--customop-triton-interpret")
+    result.assert_outcomes(passed=2, failed=2)
+    result.stdout.fnmatch_lines_random([
+        "*FAILED test_triton_ops.py::test_flat_forward[[]cpu-float64-noncontiguous[]]*",
+        f"{ns}::flat_forward noncontiguous failed on cpu float64: 1 of 1 sample(s)",
+        "*FAILED test_triton_ops.py::test_alpha[[]cpu-float64-grad_keys[]]*",
+        "*test_triton_ops.AlphaGrad: the gradient for input 'alpha' (float): expected None (not a tensor)*",
+    ])
