@@ -24,8 +24,8 @@ MARKER_HELP = (
     "customop(op, *, samples=None, dtypes=None, devices=None, checks=None, atol=None, rtol=None, "
     "tolerances=None, eps=None, fast_mode=None, nondet_tol=0.0, supports_gradgrad=None, "
     "supports_forward_ad=None, xfails=(), skips=(), options=None): verify the custom op `op` "
-    "(a 'ns::name[.overload]' string, OpOverload, OpOverloadPacket, torch.library.custom_op object "
-    "or legacy custom op) on the SampleInputs yielded by samples(device, dtype, requires_grad), or "
+    "(a 'ns::name[.overload]' string, OpOverload, OpOverloadPacket, torch.library.custom_op object, "
+    "legacy custom op or torch.autograd.Function subclass) on the SampleInputs yielded by samples(device, dtype, requires_grad), or "
     "without samples= on samples derived from the op's schema. "
     "Generates one item per (device, dtype, check), ids like [cpu-float64-gradcheck]; the test "
     "requests the `customop` fixture and calls customop.check()."
@@ -62,6 +62,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         dest="customop_list",
         help="print the ops, checks, devices and dtypes that would run, and run nothing.",
     )
+    # Not in OPTIONS: resolved before conftest files are imported (Triton reads it at @triton.jit).
+    group.addoption(
+        "--customop-triton-interpret",
+        action="store_true",
+        default=False,
+        dest="customop_triton_interpret",
+        help="set TRITON_INTERPRET=1 before conftest files and test modules are imported, so Triton kernels "
+        "run on CPU tensors through Triton's interpreter (an explicit TRITON_INTERPRET wins). "
+        "Ini: customop_triton_interpret.",
+    )
+    parser.addini("customop_triton_interpret", type="bool", default=False,
+                  help="set TRITON_INTERPRET=1 for the run (see --customop-triton-interpret).")
     group.addoption(  # repeatable, so not in OPTIONS
         "--customop-report",
         action="append",
@@ -77,6 +89,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def _session(config: pytest.Config) -> CustomOpSession:
     return config.stash[session_key]
+
+
+triton_interpret_set_key = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser, args: list[str]) -> None:
+    from .triton_support import enable_interpreter
+
+    requested = bool(early_config.known_args_namespace.customop_triton_interpret) or bool(
+        early_config.getini("customop_triton_interpret")
+    )
+    early_config.stash[triton_interpret_set_key] = enable_interpreter(os.environ, requested)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -166,6 +191,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     if session_key in config.stash:
         config.stash[session_key].close()
+    if config.stash.get(triton_interpret_set_key, False):  # leave the environment as the run found it
+        os.environ.pop("TRITON_INTERPRET", None)
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -179,7 +206,10 @@ def pytest_report_header(config: pytest.Config) -> str:
 
     from .devices import available_devices
 
-    return f"customop: torch {torch.__version__}, devices: {', '.join(available_devices())}, {seed}"
+    from .triton_support import interpreter_enabled
+
+    triton = ", Triton interpreter on (TRITON_INTERPRET)" if interpreter_enabled(os.environ) else ""
+    return f"customop: torch {torch.__version__}, devices: {', '.join(available_devices())}{triton}, {seed}"
 
 
 def _installed_torch_version() -> str:

@@ -178,7 +178,10 @@ class CustomOpUnderTest:
             cache=self._cache,
         )
         _seed(self.seed, self.device)
-        return self._registry[name].run(ctx)
+        from .triton_support import with_environment_refusals_skipped
+
+        # Triton refusing to run a kernel here (an interpreter gap, CPU tensors without it) is no verdict.
+        return with_environment_refusals_skipped(self._registry[name].run(ctx))
 
     def check(self, name: Optional[str] = None) -> CheckResult:
         """Run this item's check over every sample; fail or skip the test as its result says."""

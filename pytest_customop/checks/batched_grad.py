@@ -30,7 +30,7 @@ import torch
 
 from ..differentiation import OpCall, flatten_outputs, random_like
 from ..dtypes import is_differentiable_dtype
-from ..ops import ResolvedOp
+from ..ops import RegistrationStyle, ResolvedOp
 from ..torch_internals import custom_op_vmap_rule, has_kernel
 from ._support import agreement, gradient_samples, mutated_arguments, no_gradient_reason, quiet_vmap
 from .base import Check, CheckContext, CheckResult, Finding, format_user_traceback
@@ -59,7 +59,10 @@ _HINTS = (
 
 
 def has_vmap_rule(op: ResolvedOp) -> bool:
-    """Whether ``op`` has a vmap rule of its own (``register_vmap`` or a ``FuncTorchBatched`` kernel)."""
+    """Whether ``op`` has a vmap rule of its own (``register_vmap``, a ``FuncTorchBatched`` kernel, or an
+    autograd.Function's ``vmap`` staticmethod / ``generate_vmap_rule``)."""
+    if op.registration is RegistrationStyle.AUTOGRAD_FUNCTION:
+        return bool(op.has_vmap_rule)  # type: ignore[attr-defined]
     if op.custom_op_def is not None and custom_op_vmap_rule(op.custom_op_def) is not None:
         return True
     return has_kernel(op.qualname, "FuncTorchBatched")

@@ -119,6 +119,8 @@ class CompileCheck(Check):
     def not_applicable(self, op: Any, spec: Any) -> Optional[str]:
         if not any(a.kind.is_tensor_like for a in op.arguments):
             return f"{op.name} takes no tensor argument"
+        if op.registration.name == "AUTOGRAD_FUNCTION" and op.compile_unsupported_reason():
+            return op.compile_unsupported_reason()
         return None  # whether dynamo runs here is asked in run(): importing it takes seconds
 
     def run(self, ctx: CheckContext) -> CheckResult:

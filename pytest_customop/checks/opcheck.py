@@ -92,6 +92,8 @@ class OpCheck(Check):
 
     def not_applicable(self, op: Any, spec: Any) -> Optional[str]:
         # Only the cheap question here: the sub-test table is imported in run(), when selected.
+        if op.registration.name == "AUTOGRAD_FUNCTION":
+            return f"{op.name} is a torch.autograd.Function, not an operator: opcheck tests torch.library registrations"
         if not hasattr(torch.library, "opcheck"):
             return f"torch {torch.__version__} has no torch.library.opcheck (it needs torch >= 2.4)"
         return None

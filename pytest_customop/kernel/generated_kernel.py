@@ -321,7 +321,12 @@ def kernel_for(op: ResolvedOp, probe: Optional[Mapping[str, Any]] = None, cache:
     key = (_CACHE_KEY, op.name)
     if cache is not None and key in cache:
         return cache[key]
-    kernel = GradientCheckingKernel(op, find_backward(op, probe))
+    if op.registration is RegistrationStyle.AUTOGRAD_FUNCTION:  # its own backward, validated by input name
+        from ..autograd_functions import FunctionCheckingKernel
+
+        kernel: Any = FunctionCheckingKernel(op)  # type: ignore[arg-type]
+    else:
+        kernel = GradientCheckingKernel(op, find_backward(op, probe))
     needs_probe = op.registration is RegistrationStyle.LIBRARY and probe is None
     if cache is not None and not needs_probe:
         cache[key] = kernel
