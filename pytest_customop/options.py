@@ -124,6 +124,17 @@ OPTIONS: tuple[Option, ...] = (
         "default, in a process that imported torch, the plugin does (gc.freeze): every full "
         "collection, five of them at the end of each session, then skips torch's millions of objects.",
     ),
+    Option(
+        dest="customop_strict_edges",
+        flag="--customop-strict-edges",
+        env="CUSTOMOP_STRICT_EDGES",
+        ini="customop_strict_edges",
+        parse=_boolean,
+        default=False,
+        is_flag=True,
+        help="edge_shapes fails an item on a suspected edge too (a derived shape the forward accepts but "
+        "no relation proves valid); by default such a finding is a note and a warning.",
+    ),
 )
 
 
@@ -138,6 +149,7 @@ class Settings:
     fast_mode_threshold: int = 1024
     full_jacobian: bool = False
     gc_freeze: bool = True
+    strict_edges: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -175,4 +187,5 @@ def resolve_settings(
         fast_mode_threshold=values["customop_fast_mode_threshold"],
         full_jacobian=values["customop_full_jacobian"],
         gc_freeze=not values["customop_no_gc_freeze"],
+        strict_edges=values["customop_strict_edges"],
     )

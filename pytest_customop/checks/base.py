@@ -99,6 +99,7 @@ class CheckContext:
     make_samples: Callable[[torch.dtype, bool], list[SampleInput]]
     fast_mode_threshold: int = 1024
     full_jacobian: bool = False
+    strict_edges: bool = False  # --customop-strict-edges: suspected edge findings fail too
     cache: dict[Any, Any] = field(default_factory=dict)
 
     @property
