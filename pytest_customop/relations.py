@@ -305,53 +305,59 @@ def edge_variants(op: Any, sample: SampleInput, isolate: bool, source: int = 0) 
         outputs = _forward(op, sample)
     except Exception:
         outputs = []  # reported by the other checks; only suspected variants remain
-    shared = _shared_dim_candidates(tensors, outputs)[:MAX_CANDIDATES]
-    spots = _broadcast_candidates(tensors, outputs)[: max(0, MAX_CANDIDATES - len(shared))]
+    shared = _shared_dim_candidates(tensors, outputs)[:MAX_CANDIDATES] if outputs else []
 
-    def confirm(step: int) -> Any:
+    def probe(run: Callable[[], Any]) -> Any:
         try:
-            if step < len(shared):
-                return _confirm_shared(op, sample, outputs, shared[step])
-            k, d = spots[step - len(shared)]
-            return _confirm_broadcast(op, sample, k, d, tuple(tensors[k].shape))
+            return run()
         except Exception as exc:  # a probe the plugin chose: never the op's finding
             return f"the probe failed ({type(exc).__name__})"
 
-    verdicts = run_contained(len(shared) + len(spots), confirm, isolate) if outputs else []
+    verdicts = run_contained(len(shared), lambda step: probe(lambda: _confirm_shared(op, sample, outputs, shared[step])), isolate)
     proven: list[EdgeVariant] = []
-    for step, verdict in enumerate(verdicts):
+    independent: set[tuple[int, int]] = set()  # (tensor, dimension) of every confirmed shared dimension
+    for relation, verdict in zip(shared, verdicts):
         if isinstance(verdict, Crash):
             notes.append(f"a relation probe of sample {source} {verdict.describe()}; that relation is not used")
             continue
         if isinstance(verdict, str):
             continue
-        if step < len(shared):
-            relation = shared[step]
-            changed = [p for p, dims in enumerate(verdict) if dims]
-            out_text = _output_names(len(outputs), changed)
-            before = ", ".join(_shape(outputs[p]) for p in changed)
-            for to in (0, 1):
-                expected_shapes: list[Optional[tuple[int, ...]]] = []
-                for p, dims in enumerate(verdict):
-                    if dims is None:
-                        expected_shapes.append(None)
-                        continue
-                    shape = list(outputs[p].shape)
-                    for d in dims:
-                        shape[d] = to
-                    expected_shapes.append(tuple(shape))
-                proven.append(
-                    EdgeVariant(
-                        _describe_dims(relation, names, to, out_text),
-                        _sliced(sample, relation.dims, to),
-                        True,
-                        evidence=f"on the given sample, slicing it to 1 gives the first slice of the original output ({before})",
-                        expected_shapes=expected_shapes,
-                        source=source,
-                    )
+        independent.update((k, d) for k, dims in relation.dims.items() for d in dims)
+        changed = [p for p, dims in enumerate(verdict) if dims]
+        out_text = _output_names(len(outputs), changed)
+        before = ", ".join(_shape(outputs[p]) for p in changed)
+        for to in (0, 1):
+            expected_shapes: list[Optional[tuple[int, ...]]] = []
+            for p, dims in enumerate(verdict):
+                if dims is None:
+                    expected_shapes.append(None)
+                    continue
+                shape = list(outputs[p].shape)
+                for d in dims:
+                    shape[d] = to
+                expected_shapes.append(tuple(shape))
+            proven.append(
+                EdgeVariant(
+                    _describe_dims(relation, names, to, out_text),
+                    _sliced(sample, relation.dims, to),
+                    True,
+                    evidence=f"on the given sample, slicing it to 1 gives the first slice of the original output ({before})",
+                    expected_shapes=expected_shapes,
+                    source=source,
                 )
-        else:
-            k, d = spots[step - len(shared)]
+            )
+    # A size-1 broadcast only along a dimension the op computes entry by entry (a confirmed shared
+    # dimension): broadcasting x of a layer norm along the normalized dimension is no input a caller makes.
+    spots = [spot for spot in _broadcast_candidates(tensors, outputs) if spot in independent][:MAX_CANDIDATES]
+    confirmed = run_contained(
+        len(spots),
+        lambda step: probe(lambda: _confirm_broadcast(op, sample, *spots[step], tuple(tensors[spots[step][0]].shape))),
+        isolate,
+    )
+    for (k, d), verdict in zip(spots, confirmed):
+        if isinstance(verdict, Crash):
+            notes.append(f"a broadcast probe of sample {source} {verdict.describe()}; that relation is not used")
+        elif verdict is True:
             proven.append(
                 EdgeVariant(
                     f"{names[k]} given size 1 in dimension {d}, broadcast against the others",
