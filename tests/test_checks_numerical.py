@@ -436,7 +436,7 @@ def test_rawdouble(customop):
     result.stdout.fnmatch_lines(
         [
             f"{ns}::viewsin noncontiguous failed on cpu float64: 1 of 1 sample(s)",
-            "    backward raised on non-contiguous inputs ('x' strides (2, 6)) with a non-contiguous grad_output: "
+            "    backward raised on non-contiguous inputs ('x' strides (2, 6)) with a grad_output sliced with a step: "
             "RuntimeError: view size is not compatible with input tensor's size and stride*",
             "*test_ops.py*in viewsin_backward*",
             f"{ns}::rawdouble noncontiguous failed on cpu float64: 1 of 1 sample(s)",
@@ -472,8 +472,62 @@ def test_inplace_grad(customop):
     result = run()
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
-        ["    backward raised on non-contiguous inputs * with an expanded (stride 0) grad_output, as "
-         "y.sum().backward() passes: RuntimeError: *"]
+        ["    backward raised on non-contiguous inputs * with a grad_output expanded in dimension 0 only (stride 0 there), "
+         "as a downstream .sum(0) or a broadcast passes it: RuntimeError: unsupported operation: more than one element*"]
+    )
+
+
+def test_noncontiguous_catches_a_backward_wrong_only_for_a_partly_expanded_grad_output(pytester, ns, run):
+    write(
+        pytester,
+        ns,
+        '''
+@torch.library.custom_op(f"{NS}::strided_store", mutates_args=())
+def strided_store(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    return x.sin() + index.to(x.dtype)
+
+
+def strided_store_backward(ctx, grad):
+    x, index = ctx.saved_tensors
+    values = grad * x.cos()
+    if all(stride == 0 for stride in grad.stride()):  # y.sum().backward(): one value everywhere
+        return values, None
+    # A kernel's store: one element per logical index into a buffer strided like grad_output, as pointer
+    # arithmetic on grad's strides does. Right for contiguous, transposed and sliced grad_outputs; where
+    # grad_output has stride 0 in one dimension, the elements along it overwrite each other.
+    out = torch.empty_strided(grad.shape, grad.stride(), dtype=grad.dtype)
+    offsets = sum(
+        torch.arange(n).reshape([-1] + [1] * (grad.dim() - 1 - d)) * stride
+        for d, (n, stride) in enumerate(zip(grad.shape, grad.stride()))
+    )
+    storage = out.as_strided((out.untyped_storage().nbytes() // out.element_size(),), (1,))
+    storage.index_put_((offsets.reshape(-1),), values.reshape(-1))
+    return out, None
+
+
+strided_store.register_autograd(strided_store_backward, setup_context=lambda ctx, inputs, output: ctx.save_for_backward(*inputs))
+
+
+def with_index(device, dtype, requires_grad):
+    # the index keeps its layout: made non-contiguous, a kernel may not read it right, and that is no finding
+    yield SampleInput(torch.randn(3, 4, dtype=dtype, requires_grad=requires_grad), torch.arange(12).reshape(3, 4) % 2)
+
+
+@pytest.mark.customop(strided_store, samples=with_index, checks=["noncontiguous", "gradcheck", "grad_keys"], dtypes=["float64"])
+def test_strided_store(customop):
+    customop.check()
+''',
+    )
+    result = run("-v")
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*test_strided_store[[]cpu-float64-noncontiguous[]] FAILED*",
+            f"{ns}::strided_store noncontiguous failed on cpu float64: 1 of 1 sample(s)",
+            "    gradient of input 'x' differs on non-contiguous inputs ('x' strides (2, 6)) with a grad_output expanded in "
+            "dimension 0 only (stride 0 there), as a downstream .sum(0) or a broadcast passes it (strides (0, 1)): "
+            "* element(s) differ; worst at index *: expected * (contiguous), got * (non-contiguous)*",
+        ]
     )
 
 
