@@ -632,7 +632,37 @@ def test_vmul(customop):
     result.stdout.fnmatch_lines(
         [
             f"{ns}::vmul batched_grad failed on cpu float64: 1 of 1 sample(s)",
-            f"    the registered vmap rule of {ns}::vmul is wrong: output 0 with every floating input batched at "
+            f"    the registered vmap rule of {ns}::vmul is wrong: output 0 with every input under test batched at "
             "its last dim (batch of 3): shape * (vmap) but * (a loop of forwards)",
+        ]
+    )
+
+
+REFUSING_VMAP_RULE = """
+    if in_dims[1] is None:
+        raise NotImplementedError("vmul's vmap rule needs y batched too")
+    x = x.movedim(in_dims[0], 0) if in_dims[0] is not None else x
+    y = y.movedim(in_dims[1], 0) if in_dims[1] is not None else y
+    return x.sin() * y, 0"""
+
+
+def test_batched_grad_skips_a_vmap_rule_that_declines_explicitly_and_quotes_it(pytester, ns, run):
+    write(
+        pytester,
+        ns,
+        vmul_op(REFUSING_VMAP_RULE)
+        + '''
+
+@pytest.mark.customop(vmul, samples=two_inputs, checks=["batched_grad"], dtypes=["float64"])
+def test_vmul(customop):
+    customop.check()
+''',
+    )
+    result = run("-rs")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(
+        [
+            f"SKIPPED * the registered vmap rule of {ns}::vmul declines: sample 0: only 'x' batched (dim 0), "
+            "the others not: NotImplementedError: vmul's vmap rule needs y batched too",
         ]
     )
