@@ -155,9 +155,9 @@ class EdgeShapesCheck(Check):
             f"{len(derived)} derived sample(s) ({proven} proven by the forward, {len(derived) - proven} suspected): "
             f"{checked} right, {wrong} wrong, {len(rejected)} skipped",
         )
-        notes.extend(suspected)
         if rejected:
             notes.append(f"skipped, e.g. {rejected[0]}")
+        notes.extend(suspected)  # last: the reports read each from its prefix to the next one or the end
         for text in suspected:
             warnings.warn(SuspectedEdgeWarning(f"{ctx.where()}: {text}"), stacklevel=2)
         if findings:

@@ -163,6 +163,8 @@ def _md_reasons(report: Report, rows: list[Row]) -> list[str]:
                 f"- **{row.outcome.upper()}** {md_escape(where)}: {md_escape(row.message or '(no message)')}  \n"
                 f"  reproduce: {md_code(report.repro(row))}"
             )
+    for row in rows:
+        out.extend(f"- **NOTE** {md_escape(row.where())}: {md_escape(note)}" for note in row.finding_notes)
     return out + [""] if out else out
 
 
@@ -175,7 +177,7 @@ th{background:#f3f3f3}
 .passed{background:#dff5df}.failed,.error{background:#fbd9d9;font-weight:bold}
 .skipped,.xfailed{background:#fff4cc}.xpassed{background:#ffe3b3;font-weight:bold}
 code{background:#f5f5f5;padding:0 .2em}
-.warning{color:#a60}
+.warning,.note-reason{color:#a60}
 """.strip()
 _HTML_CELL = {"passed": "passed", "failed": "FAILED", "error": "ERROR", "skipped": "skipped", "xfailed": "xfail", "xpassed": "XPASS"}
 
@@ -244,6 +246,10 @@ def _html_reasons(report: Report, rows: list[Row]) -> list[str]:
                 f'<li class="{row.outcome}-reason"><strong>{_h(row.outcome.upper())}</strong> {_h(where)}: '
                 f"{_h(row.message or '(no message)')}<br>reproduce: <code>{_h(report.repro(row))}</code></li>"
             )
+    for row in rows:
+        items.extend(
+            f'<li class="note-reason"><strong>NOTE</strong> {_h(row.where())}: {_h(note)}</li>' for note in row.finding_notes
+        )
     return ["<ul>"] + items + ["</ul>"] if items else []
 
 
