@@ -212,7 +212,28 @@ def rotary_samples(device, dtype, requires_grad):
     yield SampleInput(torch.randn(2, 3, 4, dtype=dtype, requires_grad=requires_grad), angles.cos(), angles.sin())
 
 
+# -- a CSR segment reduction: values [nnz, D], index pointers int64 [S + 1] -> [S, D] -----------------
+@torch.library.custom_op("NS::csr_sum", mutates_args=())
+def csr_sum(values: torch.Tensor, indptr: torch.Tensor) -> torch.Tensor:
+    bounds = indptr.tolist()
+    return torch.stack([values[start:end].sum(0) for start, end in zip(bounds[:-1], bounds[1:])])
+
+
+def _csr_backward(ctx, grad):
+    values, indptr = ctx.saved_tensors
+    counts = indptr[1:] - indptr[:-1]
+    return grad.repeat_interleave(counts, dim=0, output_size=values.shape[0]), None
+
+
+csr_sum.register_autograd(_csr_backward, setup_context=_saves)
+
+
+def csr_samples(device, dtype, requires_grad):
+    yield SampleInput(torch.randn(6, 3, dtype=dtype, requires_grad=requires_grad), torch.tensor([0, 2, 2, 5, 6]))
+
+
 FAMILIES = {
+    "csr_sum": csr_samples,
     "roi_mean": roi_samples,
     "masked_attention": attention_samples,
     "segment_sum": segment_samples,
@@ -222,6 +243,29 @@ FAMILIES = {
     "rotary": rotary_samples,
 }
 '''
+
+
+#: Edge bugs planted in correct ops: (op, the line replaced, its buggy replacement).
+BUGS = [
+    (
+        "roi_mean",  # an overflow guard that raises when there are no rois
+        '    return torch.einsum("knl,kc->ncl", weights, grad), None  # ROI_GRAD',
+        '    scale = grad.abs().max().clamp_min(1e-30)\n'
+        '    return torch.einsum("knl,kc->ncl", weights, grad / scale) * scale, None',
+    ),
+    (
+        "layer_norm",  # a row view that cannot infer its width for an empty batch
+        "    return grad_x, (grad * xhat).sum(rows), grad.sum(rows)  # LN_GRAD",
+        "    return grad_x.view(x.shape[0], -1), (grad * xhat).sum(rows), grad.sum(rows)",
+    ),
+]
+
+
+def with_bugs(source: str) -> str:
+    for _, line, buggy in BUGS:
+        assert line in source, line
+        source = source.replace(line, buggy)
+    return source
 
 
 def marked_tests(names: list[str], extra: str = "") -> str:
