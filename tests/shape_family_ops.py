@@ -80,6 +80,8 @@ def attention_samples(device, dtype, requires_grad):
 # -- segment sum over an index tensor: values [E, D], segment_ids int64 [E] -> [S, D] ----------------
 @torch.library.custom_op("NS::segment_sum", mutates_args=())
 def segment_sum(values: torch.Tensor, segment_ids: torch.Tensor, num_segments: int) -> torch.Tensor:
+    # as CUDA segment kernels do: the index is read as a flat array (noncontiguous must leave it alone)
+    torch._check(segment_ids.is_contiguous(), lambda: "segment_ids must be contiguous")
     out = values.new_zeros(num_segments, values.shape[1])
     return out.index_add(0, segment_ids, values)
 
@@ -196,6 +198,7 @@ def _rotate(x, cos, sin):
 
 @torch.library.custom_op("NS::rotary", mutates_args=())
 def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    torch._check(cos.is_contiguous() and sin.is_contiguous(), lambda: "the cos and sin tables must be contiguous")
     return _rotate(x, cos, sin)
 
 

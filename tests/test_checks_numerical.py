@@ -666,3 +666,41 @@ def test_vmul(customop):
             "the others not: NotImplementedError: vmul's vmap rule needs y batched too",
         ]
     )
+
+
+def test_batched_grad_batches_only_the_inputs_under_test_not_a_float_table(pytester, ns, run):
+    write(
+        pytester,
+        ns,
+        '''
+@torch.library.custom_op(f"{NS}::scaled_rows", mutates_args=())
+def scaled_rows(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    return x * table
+
+
+scaled_rows.register_autograd(
+    lambda ctx, grad: (grad * ctx.saved_tensors[0], None),
+    setup_context=lambda ctx, inputs, output: ctx.save_for_backward(inputs[1]),
+)
+
+
+@scaled_rows.register_vmap
+def scaled_rows_vmap(info, in_dims, x, table):
+    assert in_dims[1] is None, "the table is a constant buffer: never batched"
+    x = x.movedim(in_dims[0], 0) if in_dims[0] is not None else x
+    return x * table, 0 if in_dims[0] is not None else None
+
+
+def with_table(device, dtype, requires_grad):
+    # a float table the op takes as a constant: it does not require grad
+    yield SampleInput(torch.randn(3, 4, dtype=dtype, requires_grad=requires_grad), torch.rand(3, 4, dtype=dtype) + 1)
+
+
+@pytest.mark.customop(scaled_rows, samples=with_table, checks=["batched_grad"], dtypes=["float64"])
+def test_scaled_rows(customop):
+    print("NOTES:", customop.check().notes)
+''',
+    )
+    result = run("-s")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([f"*NOTES: *the registered vmap rule of {ns}::scaled_rows agreed with a loop of forwards*"])
