@@ -36,7 +36,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-__all__ = ["Crash", "compiled_kernel", "isolation_available", "run_contained", "should_isolate"]
+__all__ = ["Crash", "compiled_kernel", "isolation_available", "phase", "run_contained", "should_isolate"]
 
 #: Seconds a contained step may take before its child is killed and the step reported as hung.
 STEP_TIMEOUT_S = 300.0
@@ -48,11 +48,26 @@ class Crash:
 
     signal_name: str
     hung: bool = False
+    during: str = ""  # the phase the step had announced (:func:`phase`): "the forward", "the backward"
 
     def describe(self) -> str:
+        what = self.during or "it"
         if self.hung:
-            return f"did not finish within {STEP_TIMEOUT_S:.0f} s (the child process running it was killed)"
-        return f"crashed the process with {self.signal_name}"
+            return f"{what} did not finish within {STEP_TIMEOUT_S:.0f} s (the child process running it was killed)"
+        return f"{what} crashed the process with {self.signal_name}"
+
+
+# In a contained child: where phase records go (None in the parent and in-process runs).
+_records: Any = None
+_current_step = -1
+
+
+def phase(name: str) -> None:
+    """Announce what the current contained step does next ("the forward", "the backward"), so that a
+    crash names it. Nothing happens outside a contained child."""
+    if _records is not None:
+        pickle.dump(("phase", _current_step, name), _records)
+        _records.flush()
 
 
 def isolation_available() -> bool:
@@ -116,13 +131,16 @@ def _signal_name(status: int) -> str:
 
 
 def _child(first: int, count: int, run_step: Callable[[int], Any], write_fd: int) -> None:
+    global _records, _current_step
     import torch
 
     torch.set_num_threads(1)  # see the module docstring: OpenMP's pool does not survive a fork
     if faulthandler.is_enabled():
         faulthandler.disable()  # the crash is reported by the parent, with its sample
     with os.fdopen(write_fd, "wb") as out:
+        _records = out
         for step in range(first, count):
+            _current_step = step
             pickle.dump(("start", step, None), out)
             out.flush()
             value = run_step(step)
@@ -201,10 +219,12 @@ def run_contained(count: int, run_step: Callable[[int], Any], isolate: bool) -> 
         os.close(write_fd)
         records, hung = _read_records(read_fd, pid)
         _, status = os.waitpid(pid, 0)
-        started = None
+        started, during = None, ""
         for kind, step, value in records:
             if kind == "start":
-                started = step
+                started, during = step, ""
+            elif kind == "phase":
+                during = value
             else:
                 results[step] = value
                 started = None
@@ -212,6 +232,6 @@ def run_contained(count: int, run_step: Callable[[int], Any], isolate: bool) -> 
             started = max(results, default=first - 1) + 1
             if started >= count:
                 break
-        results[started] = Crash(_signal_name(status), hung=hung)
+        results[started] = Crash(_signal_name(status), hung=hung, during=during)
         first = started + 1
     return [results[step] for step in range(count)]

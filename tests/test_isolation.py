@@ -80,6 +80,31 @@ def test_crashing(customop):
 @pytest.mark.customop(segv_on_empty, samples=rows, checks=["gradcheck"], dtypes=["float64"], devices=["cpu"])
 def test_after_the_crash(customop):
     customop.check()
+
+
+@torch.library.custom_op("NS::abort_without_grad", mutates_args=())
+def abort_without_grad(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return x * y
+
+
+def _mul_backward(ctx, grad):
+    x, y = ctx.saved_tensors
+    if not all(ctx.needs_input_grad):
+        os.abort()  # a C++ backward dereferencing the undefined gradient it was not asked for
+    return grad * y, grad * x
+
+
+abort_without_grad.register_autograd(_mul_backward, setup_context=lambda ctx, inputs, output: ctx.save_for_backward(*inputs))
+
+
+def pairs(device, dtype, requires_grad):
+    yield SampleInput(*(torch.randn(3, 4, dtype=dtype, requires_grad=requires_grad) for _ in range(2)))
+
+
+@pytest.mark.customop(abort_without_grad, samples=pairs, checks=["requires_grad_subsets"], dtypes=["float64"],
+                      devices=["cpu"], options={"requires_grad_subsets": {"isolate": True}})
+def test_subsets_crash(customop):
+    customop.check()
 '''
 
 
@@ -88,12 +113,13 @@ def test_after_the_crash(customop):
 def test_a_crashing_derived_sample_fails_its_item_and_the_session_goes_on(pytester, ns, run, workers):
     write(pytester, ns, CRASHING)
     result = run("-v", *workers)
-    result.assert_outcomes(passed=1, failed=1)
+    result.assert_outcomes(passed=1, failed=2)
     result.stdout.fnmatch_lines_random([
+        "    the forward and backward when only 'x' requires grad crashed the process with SIGABRT",
         f"{ns}::segv_on_empty edge_shapes failed on cpu float64: 1 of 1 sample(s)",
-        "    on a proven edge (dimension 0, shared by 'x' and the output, sliced to 0), the forward or backward crashed "
-        "the process with SIGSEGV",
+        "    on a proven edge (dimension 0, shared by 'x' and the output, sliced to 0), the forward crashed the process "
+        "with SIGSEGV",
         "    derived sample: SampleInput(Tensor([[]0, 4[]], float64, cpu, requires_grad))",
-        "    on a proven edge (dimension 1, shared by 'x' and the output, sliced to 1), the forward or backward crashed "
-        "the process with SIGABRT",
+        "    on a proven edge (dimension 1, shared by 'x' and the output, sliced to 1), the backward crashed the process "
+        "with SIGABRT",
     ])

@@ -32,7 +32,7 @@ import torch
 
 from ..differentiation import OpCall, random_like, vjp, worst_mismatch
 from ..dtypes import dtype_id, is_differentiable_dtype, is_reference_precision, reference_dtype
-from ..isolation import Crash, run_contained, should_isolate
+from ..isolation import Crash, phase, run_contained, should_isolate
 from ..relations import EdgeVariant, edge_variants
 from .base import Check, CheckContext, CheckResult, Finding, format_user_traceback
 from .gradcheck import FiniteDifferenceDiagnosis  # the per-input comparison gradcheck explains failures with
@@ -116,7 +116,7 @@ class EdgeShapesCheck(Check):
                 findings.append(
                     Finding(
                         variant.source,
-                        f"on a {tier} edge ({variant.description}), the forward or backward {outcome.describe()}\n{where}"
+                        f"on a {tier} edge ({variant.description}), {outcome.describe()}\n{where}"
                         + (f"\nwhy it is valid: {variant.evidence}" if variant.evidence else ""),
                     )
                 )
@@ -205,6 +205,7 @@ class EdgeShapesCheck(Check):
         if not call.slots:
             return f"{description}: no input requires grad"
         leaves = call.leaves()
+        phase("the forward")
         try:
             with torch.enable_grad():
                 outputs = call.outputs(leaves)
@@ -223,6 +224,7 @@ class EdgeShapesCheck(Check):
             return f"{description}: no output requires grad"
         kept = [o for o, keep in zip(outputs, mask) if keep]
         weights = [random_like(o.detach(), ctx.generator(1000 + number)) for o in kept]
+        phase("the backward")
         try:
             grads = vjp(kept, leaves, weights)
         except Exception as exc:
@@ -230,6 +232,7 @@ class EdgeShapesCheck(Check):
             head, _, rest = text.partition("\n")
             return _Wrong(f"the backward raised {head}", rest)
         labels = [s.label for s in call.slots]
+        phase("the forwards and backwards of the reference")
         try:
             if is_reference_precision(ctx.dtype):
                 eps = ctx.spec.eps or 1e-6

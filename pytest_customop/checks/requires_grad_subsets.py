@@ -19,7 +19,7 @@ import torch
 
 from ..differentiation import OpCall, Slot, random_like, real_loss, worst_mismatch
 from ..dtypes import dtype_id, is_differentiable_dtype
-from ..isolation import Crash, run_contained, should_isolate
+from ..isolation import Crash, phase, run_contained, should_isolate
 from .base import Check, CheckContext, CheckResult, Finding, format_user_traceback
 
 __all__ = ["RequiresGradSubsetsCheck", "gradient_check_not_applicable"]
@@ -106,7 +106,7 @@ class RequiresGradSubsetsCheck(Check):
         for (index, _, _), outcome in zip(runnable, outcomes):
             checked += 1
             if isinstance(outcome, Crash):
-                findings.append(Finding(index, f"running the backward with some inputs not requiring grad {outcome.describe()}\n{LEGITIMATE}"))
+                findings.append(Finding(index, f"{outcome.describe()}\n{LEGITIMATE}"))
                 continue
             problems, count = outcome
             subsets_run += count
@@ -125,6 +125,7 @@ class RequiresGradSubsetsCheck(Check):
         self, ctx: CheckContext, call: OpCall, units: list[tuple[str, list[int]]], index: int
     ) -> tuple[list[Finding], int]:
         generator = ctx.generator(index)
+        phase("the forward and backward with every input requiring grad")
         try:
             leaves = call.leaves()
             with torch.enable_grad():
@@ -156,6 +157,7 @@ class RequiresGradSubsetsCheck(Check):
         description: str,
         index: int,
     ) -> Optional[Finding]:
+        phase(f"the forward and backward when {description}")
         leaves = [t.detach().clone().requires_grad_(k in subset) for k, t in enumerate(call.leaves())]
         chosen = [leaves[k] for k in sorted(subset)]
         try:
