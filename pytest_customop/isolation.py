@@ -155,7 +155,7 @@ def _child(first: int, count: int, run_step: Callable[[int], Any], write_fd: int
 def _read_records(read_fd: int, pid: int) -> tuple[list[tuple[str, int, Any]], bool]:
     """Records from the child until it closes the pipe; True as second value if a step hung."""
     buffer = b""
-    records = []
+    records: list[tuple[str, int, Any]] = []
     deadline = time.monotonic() + STEP_TIMEOUT_S
     with os.fdopen(read_fd, "rb") as stream:
         fd = stream.fileno()

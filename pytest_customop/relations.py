@@ -59,7 +59,12 @@ class EdgeVariant:
 def sample_tensors(sample: SampleInput) -> list[torch.Tensor]:
     """The tensors of ``sample`` in traversal order (lists included)."""
     found: list[torch.Tensor] = []
-    sample.map(lambda t: found.append(t) or t)
+
+    def collect(t: torch.Tensor) -> torch.Tensor:
+        found.append(t)
+        return t
+
+    sample.map(collect)
     return found
 
 
@@ -92,6 +97,19 @@ def rebuild(sample: SampleInput, change: Callable[[int, torch.Tensor], torch.Ten
         return new.requires_grad_(True) if t.requires_grad else new
 
     return sample.map(apply)
+
+
+def _one_narrowed(sample: SampleInput, k: int, d: int) -> SampleInput:
+    """``sample`` with tensor ``k`` given size 1 in dimension ``d``."""
+    return rebuild(sample, lambda j, t: t.narrow(d, 0, 1) if j == k else t)
+
+
+def _made_0_dim(sample: SampleInput, chosen: set[int]) -> SampleInput:
+    return rebuild(sample, lambda j, t: t.reshape(-1)[0] if j in chosen else t)
+
+
+def _without_leading(sample: SampleInput, k: int) -> SampleInput:
+    return rebuild(sample, lambda j, t: t[0] if j == k else t)
 
 
 def _forward(op: Any, sample: SampleInput) -> list[Any]:
@@ -141,7 +159,8 @@ def _sliced(sample: SampleInput, dims: dict[int, list[int]], to: int) -> SampleI
 def _shared_dim_candidates(tensors: list[torch.Tensor], outputs: list[Any]) -> list[_SharedDim]:
     out_sizes = {e for o in outputs if isinstance(o, torch.Tensor) for e in o.shape}
     sizes = sorted({e for t in tensors for e in t.shape if e >= 2 and e in out_sizes})
-    candidates, alternatives = [], []
+    candidates: list[_SharedDim] = []
+    alternatives: list[_SharedDim] = []
     for size in sizes:
         every = {k: [d for d, e in enumerate(t.shape) if e == size] for k, t in enumerate(tensors)}
         every = {k: dims for k, dims in every.items() if dims}
@@ -269,25 +288,23 @@ def _suspected(sample: SampleInput, tensors: list[torch.Tensor], names: list[str
     for k in testing:
         if tensors[k].dim() >= 1 and tensors[k].numel() > 0:
             groups.setdefault(tuple(tensors[k].shape), []).append(k)
-    scalar = []
+    scalar: list[tuple[str, SampleInput]] = []
     for members in groups.values():
         chosen = set(members)
         text = " and ".join(names[k] for k in members)
-        scalar.append((f"{text} made 0-dim", rebuild(sample, lambda k, t, c=chosen: t.reshape(-1)[0] if k in c else t)))
+        scalar.append((f"{text} made 0-dim", _made_0_dim(sample, chosen)))
     if len(groups) > 1:
         every = {k for members in groups.values() for k in members}
-        scalar.append((f"{label} made 0-dim", rebuild(sample, lambda k, t: t.reshape(-1)[0] if k in every else t)))
-    broadcast = []
+        scalar.append((f"{label} made 0-dim", _made_0_dim(sample, every)))
+    broadcast: list[tuple[str, SampleInput]] = []
     for k in testing:
         t = tensors[k]
         for d, extent in enumerate(t.shape):
             if extent > 1:
-                broadcast.append(
-                    (f"{names[k]} given size 1 in dimension {d}", rebuild(sample, lambda j, u, k=k, d=d: u.narrow(d, 0, 1) if j == k else u))
-                )
+                broadcast.append((f"{names[k]} given size 1 in dimension {d}", _one_narrowed(sample, k, d)))
         if t.dim() >= 1 and t.numel() > 0:
-            broadcast.append((f"{names[k]} without its leading dimension", rebuild(sample, lambda j, u, k=k: u[0] if j == k else u)))
-    merged = []
+            broadcast.append((f"{names[k]} without its leading dimension", _without_leading(sample, k)))
+    merged: list[tuple[str, SampleInput]] = []
     for batch in itertools.zip_longest(zero, scalar, ones, broadcast):
         merged.extend(item for item in batch if item is not None)
     return merged
@@ -361,7 +378,7 @@ def edge_variants(op: Any, sample: SampleInput, isolate: bool, source: int = 0) 
             proven.append(
                 EdgeVariant(
                     f"{names[k]} given size 1 in dimension {d}, broadcast against the others",
-                    rebuild(sample, lambda j, t, k=k, d=d: t.narrow(d, 0, 1) if j == k else t),
+                    _one_narrowed(sample, k, d),
                     True,
                     evidence=f"the forward gives the output of {names[k]} expanded back to {list(tensors[k].shape)}",
                     source=source,

@@ -210,7 +210,7 @@ class BatchedGradCheck(Check):
             bound = ctx.op.bind(sample)
         except TypeError:
             return None  # reported by the backward part
-        positions = []  # (name, list index or None, tensor) of every input under test
+        positions: list[tuple[str, Optional[int], torch.Tensor]] = []  # (name, list index or None, tensor) of every input under test
         for name, value in bound.items():
             if isinstance(value, (list, tuple)):
                 positions += [(name, k, v) for k, v in enumerate(value) if _batchable(v) and (not under_test or (name, k) in under_test)]
@@ -218,7 +218,7 @@ class BatchedGradCheck(Check):
                 positions.append((name, None, value))
         if not positions:
             return None
-        layouts = [("every input under test batched at dim 0", [0] * len(positions))]
+        layouts: list[tuple[str, list[Optional[int]]]] = [("every input under test batched at dim 0", [0] * len(positions))]
         layouts.append(("every input under test batched at its last dim", [t.dim() for _, _, t in positions]))
         if len(positions) > 1:
             layouts.append(
