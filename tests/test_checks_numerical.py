@@ -704,3 +704,38 @@ def test_scaled_rows(customop):
     result = run("-s")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines([f"*NOTES: *the registered vmap rule of {ns}::scaled_rows agreed with a loop of forwards*"])
+
+
+def test_noncontiguous_makes_each_tensor_list_element_non_contiguous(pytester, ns, run):
+    write(
+        pytester,
+        ns,
+        '''
+@torch.library.custom_op(f"{NS}::flat_sum", mutates_args=())
+def flat_sum(xs: list[torch.Tensor]) -> torch.Tensor:
+    # a kernel reading each element's storage as if it were contiguous
+    return sum(torch.as_strided(x, (x.numel(),), (1,), x.storage_offset()).reshape(x.shape) for x in xs)
+
+
+flat_sum.register_autograd(
+    lambda ctx, grad: [grad.clone() for _ in range(ctx.count)],
+    setup_context=lambda ctx, inputs, output: setattr(ctx, "count", len(inputs[0])),
+)
+
+
+def two_matrices(device, dtype, requires_grad):
+    yield SampleInput([torch.randn(3, 4, dtype=dtype, requires_grad=requires_grad) for _ in range(2)])
+
+
+@pytest.mark.customop(flat_sum, samples=two_matrices, checks=["noncontiguous", "gradcheck"], dtypes=["float64"])
+def test_flat_sum(customop):
+    customop.check()
+''',
+    )
+    result = run()
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "    output 0 differs on non-contiguous inputs ('xs'[[]0[]] strides (2, 6), 'xs'[[]1[]] strides (2, 6)): *",
+        ]
+    )
