@@ -263,14 +263,16 @@ class Mismatch:
     tolerance: Tolerance
     mismatched: int
     total: int
+    allowed: float = float("nan")  # the error allowed at the worst element
 
     def describe(self, expected_from: str, got_from: str) -> str:
         where = f"at index {self.index}" if self.index else "at its only element"
+        allowed = f" = {self.allowed:.3g} here" if self.tolerance.atol_scale and self.allowed == self.allowed else ""
         return (
             f"{self.mismatched} of {self.total} element(s) differ; worst {where}: "
             f"expected {_fmt(self.expected)} ({expected_from}), got {_fmt(self.got)} ({got_from}); "
             f"abs err {self.abs_err:.3g}, rel err {self.rel_err:.3g} "
-            f"(allowed: atol {self.tolerance.atol:g} + rtol {self.tolerance.rtol:g} * |expected|)"
+            f"(allowed: {self.tolerance.describe()}{allowed})"
         )
 
 
@@ -282,6 +284,9 @@ def _fmt(value: complex | float) -> str:
 
 def worst_mismatch(got: Optional[torch.Tensor], expected: Optional[torch.Tensor], tol: Tolerance) -> Optional[Mismatch]:
     """The worst element where ``got`` and ``expected`` differ beyond ``tol``, or None when all agree.
+
+    Element ``i`` agrees when ``|got_i - expected_i| <= atol + rtol * |expected_i| + atol_scale * max|expected|``
+    (:class:`~pytest_customop.dtypes.Tolerance`; the maximum over the finite elements of ``expected``).
 
     Missing gradients (None) count as zeros; shapes must agree (validated elsewhere).
     """
@@ -297,7 +302,11 @@ def worst_mismatch(got: Optional[torch.Tensor], expected: Optional[torch.Tensor]
     if g.shape != e.shape:
         g = g.expand_as(e) if g.dim() <= e.dim() else g
     diff = (g - e).abs().double()
-    allowed = tol.atol + tol.rtol * e.abs().double()
+    magnitude = e.abs().double()
+    # The scale term: the largest finite |expected| (an inf or NaN expected must not excuse everything).
+    finite = magnitude[torch.isfinite(magnitude)]
+    expected_max = float(finite.max().item()) if tol.atol_scale and finite.numel() else 0.0
+    allowed = tol.atol + tol.rtol * magnitude + tol.atol_scale * expected_max
     bad = ~(diff <= allowed)  # catches NaN too
     if not bool(bad.any()):
         return None
@@ -317,4 +326,5 @@ def worst_mismatch(got: Optional[torch.Tensor], expected: Optional[torch.Tensor]
         tolerance=tol,
         mismatched=int(bad.sum().item()),
         total=e.numel(),
+        allowed=float(allowed.reshape(-1)[flat].item()),
     )

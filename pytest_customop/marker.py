@@ -42,6 +42,7 @@ class CustomOpSpec:
     checks: Optional[list[str]]  # None: the run's default checks
     atol: Optional[float] = None
     rtol: Optional[float] = None
+    atol_scale: Optional[float] = None
     tolerances: dict[torch.dtype, Tolerance] = field(default_factory=dict)
     eps: Optional[float] = None
     fast_mode: Optional[bool] = None
@@ -54,14 +55,15 @@ class CustomOpSpec:
     derived_samples: bool = False  # no samples= given: samples are derived from the op's schema
 
     def tolerance(self, dtype: torch.dtype) -> Tolerance:
-        """The tolerance for ``dtype``: ``tolerances[dtype]``, else the default with ``atol``/``rtol``
-        overriding its parts."""
+        """The tolerance for ``dtype``: ``tolerances[dtype]``, else the default with ``atol``/``rtol``/
+        ``atol_scale`` overriding its parts."""
         if dtype in self.tolerances:
             return self.tolerances[dtype]
         base = default_tolerance(dtype)
         return Tolerance(
             atol=base.atol if self.atol is None else self.atol,
             rtol=base.rtol if self.rtol is None else self.rtol,
+            atol_scale=base.atol_scale if self.atol_scale is None else self.atol_scale,
         )
 
     def check_options(self, check: str) -> dict[str, Any]:
@@ -70,7 +72,7 @@ class CustomOpSpec:
 
 
 _KNOWN = (
-    "op samples dtypes devices checks atol rtol tolerances eps fast_mode nondet_tol supports_gradgrad "
+    "op samples dtypes devices checks atol rtol atol_scale tolerances eps fast_mode nondet_tol supports_gradgrad "
     "supports_forward_ad xfails skips options"
 ).split()
 
@@ -113,24 +115,26 @@ def _expectations(argument: str, value: Any, kind: type) -> tuple[Any, ...]:
 
 
 def _tolerances(value: Any) -> dict[torch.dtype, Tolerance]:
-    allowed = "a dict {dtype: (atol, rtol)}"
+    allowed = "a dict {dtype: (atol, rtol)} or {dtype: (atol, rtol, atol_scale)}"
     if value is None:
         return {}
     if not isinstance(value, Mapping):
         raise MarkerError("tolerances", value, allowed)
     result = {}
-    for key, pair in value.items():
+    for key, parts in value.items():
         try:
             dtype = parse_dtype(key)
         except ValueError as exc:
             raise MarkerError("tolerances", value, f"{allowed}; {exc}") from None
-        if isinstance(pair, Tolerance):
-            result[dtype] = pair
+        if isinstance(parts, Tolerance):
+            result[dtype] = parts
             continue
-        if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+        if not (isinstance(parts, (tuple, list)) and len(parts) in (2, 3)):
             raise MarkerError("tolerances", value, allowed)
-        atol, rtol = (_number("tolerances", p) for p in pair)
-        result[dtype] = Tolerance(atol=atol, rtol=rtol)
+        numbers_given = [_number("tolerances", p) for p in parts]
+        # A pair keeps the dtype's default scale term; a triple sets it (0: plain torch.allclose).
+        atol_scale = numbers_given[2] if len(parts) == 3 else default_tolerance(dtype).atol_scale
+        result[dtype] = Tolerance(atol=numbers_given[0], rtol=numbers_given[1], atol_scale=atol_scale)  # type: ignore[arg-type]
     return result
 
 
@@ -216,6 +220,7 @@ def parse_marker(
         checks=checks,
         atol=_number("atol", kwargs.get("atol")),
         rtol=_number("rtol", kwargs.get("rtol")),
+        atol_scale=_number("atol_scale", kwargs.get("atol_scale")),
         tolerances=_tolerances(kwargs.get("tolerances")),
         eps=_number("eps", kwargs.get("eps"), positive=True),
         fast_mode=fast_mode,

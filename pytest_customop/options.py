@@ -135,6 +135,17 @@ OPTIONS: tuple[Option, ...] = (
         "default, in a process that imported torch, the plugin does (gc.freeze): every full "
         "collection, five of them at the end of each session, then skips torch's millions of objects.",
     ),
+    Option(
+        dest="customop_strict_edges",
+        flag="--customop-strict-edges",
+        env="CUSTOMOP_STRICT_EDGES",
+        ini="customop_strict_edges",
+        parse=_boolean,
+        default=False,
+        is_flag=True,
+        help="edge_shapes fails an item on a suspected edge too (a derived shape the forward accepts but "
+        "no relation proves valid); by default such a finding is a note and a warning.",
+    ),
 )
 
 
@@ -150,6 +161,7 @@ class Settings:
     gc_freeze: bool = True
     #: ``[]`` worker i on device i mod N, None off, else the indexes to spread workers over.
     worker_devices: Optional[list[int]] = field(default_factory=list)
+    strict_edges: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -185,4 +197,5 @@ def resolve_settings(cli: Mapping[str, Any], env: Mapping[str, str], ini: Callab
         full_jacobian=values["customop_full_jacobian"],
         gc_freeze=not values["customop_no_gc_freeze"],
         worker_devices=values["customop_worker_devices"],
+        strict_edges=values["customop_strict_edges"],
     )

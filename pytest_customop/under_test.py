@@ -175,6 +175,7 @@ class CustomOpUnderTest:
             make_samples=lambda dtype, requires_grad: self.samples(requires_grad, dtype),
             fast_mode_threshold=self._settings.fast_mode_threshold,
             full_jacobian=self._settings.full_jacobian,
+            strict_edges=self._settings.strict_edges,
             cache=self._cache,
         )
         _seed(self.seed, self.device)

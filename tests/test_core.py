@@ -308,7 +308,7 @@ BAD_MARKERS = [
     ('"{ns}::mul", samples=s, fast_mode="yes"', "'fast_mode': got 'yes'; allowed: True (always fast)*"),
     ('"{ns}::mul", samples=s, supports_gradgrad=1', "'supports_gradgrad': got 1; allowed: True, False or None"),
     ('"{ns}::mul", samples=s, xfails=["x"]', "'xfails': got ?'x'?; allowed: a list of pytest_customop.XFail*"),
-    ('"{ns}::mul", samples=s, tolerances={{"float32": 1}}', "'tolerances': got *; allowed: a dict {{dtype: (atol, rtol)}}"),
+    ('"{ns}::mul", samples=s, tolerances={{"float32": 1}}', "'tolerances': got *; allowed: a dict {{dtype: (atol, rtol)}}*"),
     ('"{ns}::mul", samples=s, colour="red"', "'colour': got 'red'; allowed: the keyword arguments samples, dtypes, *"),
 ]
 

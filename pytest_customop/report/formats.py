@@ -166,6 +166,8 @@ def _md_reasons(report: Report, rows: list[Row]) -> list[str]:
                 f"- **{row.outcome.upper()}** {md_escape(where)}: {md_escape(row.message or '(no message)')}  \n"
                 f"  reproduce: {md_code(report.repro(row))}"
             )
+    for row in rows:
+        out.extend(f"- **NOTE** {md_escape(row.where())}: {md_escape(note)}" for note in row.finding_notes)
     return out + [""] if out else out
 
 
@@ -185,7 +187,7 @@ td.skipped,td.xfailed{background:#fff4cc}td.xpassed{background:#ffe3b3;font-weig
 .conflict{outline:3px solid #8a2be2;outline-offset:-3px}
 .duration,.env-names{display:block;font-weight:normal;font-size:.8em;color:#555}
 code{background:#f5f5f5;padding:0 .2em}
-.warning{color:#a60}
+.warning,.note-reason{color:#a60}
 .opener{display:none}
 .panel{display:none;border:1px solid #999;border-left:6px solid #999;margin:.5em 0;padding:.5em 1em;background:#fff;max-width:75em}
 .opener:checked+.panel,.panel:target{display:block}
@@ -301,6 +303,13 @@ def matrix_html(matrix: "Matrix", header: Optional[str] = None) -> str:
                 f'<li class="{entry.row.outcome}-reason"><label for="{opener_of[id(entry)]}"><strong>{_h(entry.row.outcome.upper())}</strong> '
                 f"{_h(where)}</label>: {_h(entry.row.message or '(no message)')}<br>reproduce: <code>{_h(matrix.repro(entry))}</code></li>"
             )
+        for _opener, _check, _column, cell in entries_in_order:  # found without failing: a suspected edge
+            for entry in cell.entries:
+                reasons.extend(
+                    f'<li class="note-reason"><label for="{opener_of[id(entry)]}"><strong>NOTE</strong> {_h(entry.row.where())}</label>: '
+                    f"{_h(note)}</li>"
+                    for note in entry.row.finding_notes
+                )
         if reasons:
             out += ['<ul class="reasons">'] + reasons + ["</ul>"]
         out += ['<div class="panels">'] + panels + ["</div>", "</section>"]
