@@ -4,6 +4,7 @@ the suspected edge of a passing one."""
 from __future__ import annotations
 
 import json
+import re
 import xml.etree.ElementTree as ElementTree
 
 from customop_sources import write
@@ -70,4 +71,5 @@ def test_every_format_says_what_was_wrong_and_shows_the_suspected_edge(pytester,
     assert "- **NOTE** edge\\_shapes cpu/float64: suspected edge: on sample 0 with 'x' made 0-dim" in markdown
     assert "the backward raised RuntimeError: max\\(\\)" in markdown
     page = (pytester.path / "r.html").read_text()
-    assert '<li class="note-reason"><strong>NOTE</strong> edge_shapes cpu/float64: suspected edge:' in page
+    # the note names its cell, which opens that cell's panel
+    assert re.search(r'<li class="note-reason"><label for="cell-\d+"><strong>NOTE</strong> edge_shapes cpu/float64</label>: suspected edge:', page)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import torch
 
-from ..dtypes import Tolerance
+from ..dtypes import Tolerance, dtype_id
 from ..samples import SampleInput
 
 if TYPE_CHECKING:
@@ -116,6 +116,10 @@ class CheckContext:
     def samples(self, requires_grad: bool = True, dtype: Optional[torch.dtype] = None) -> list[SampleInput]:
         """The item's samples (built once per item and cached), fresh copies each call."""
         return self.make_samples(dtype or self.dtype, requires_grad)
+
+    def where(self) -> str:
+        """``op check on device dtype``: how a warning raised by a check names its item."""
+        return f"{self.op.name} {self.check} on {self.device} {dtype_id(self.dtype)}"
 
     def generator(self, salt: int = 0) -> torch.Generator:
         """A CPU generator seeded from the item's seed, for grad_outputs and directions.
