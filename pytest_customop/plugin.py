@@ -72,6 +72,24 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="report which op passed which check on which device and dtype. Bare: a table per op after "
         "the run; FORMAT:PATH (repeatable) writes json, md or html to PATH.",
     )
+    group.addoption(
+        "--customop-report-from-journal",
+        default=None,
+        dest="customop_report_from_journal",
+        metavar="JOURNAL",
+        help="run nothing: write the --customop-report reports of the run whose journal is JOURNAL (the "
+        "<report>.journal file a run that never finished leaves beside its first report file).",
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> Any:
+    journal = config.getoption("customop_report_from_journal")
+    if journal is None:
+        return None
+    from .report.rebuild import rebuild_from_journal
+
+    return rebuild_from_journal(config, journal)
 
 
 def _session(config: pytest.Config) -> CustomOpSession:
@@ -107,12 +125,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _configure_report(session: CustomOpSession) -> None:
-    from .report.formats import TargetError, parse_target
+    from .report.formats import TargetError, parse_targets
     from .report.session import ReportPlugin, XdistReportHooks
 
     config = session.config
     try:
-        targets = [parse_target(value, str(config.invocation_params.dir)) for value in config.getoption("customop_report") or []]
+        targets = parse_targets(config.getoption("customop_report") or [], str(config.invocation_params.dir))
     except TargetError as exc:
         raise pytest.UsageError(f"pytest-customop: {exc}") from None
     report = ReportPlugin(session, targets)
