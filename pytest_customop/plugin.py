@@ -217,6 +217,13 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
     state = _session(metafunc.config)
     nodeid = metafunc.definition.nodeid
+    stacked = list(metafunc.definition.iter_markers("customop"))
+    if len(stacked) > 1:
+        state.marker_errors[nodeid] = (
+            f"{nodeid}: has {len(stacked)} @pytest.mark.customop markers (on the test, its class or its module); "
+            "one test verifies one op: write one test per op, each with one customop marker"
+        )
+        return
     if "_customop_case" not in metafunc.fixturenames:
         state.marker_errors[nodeid] = (
             f"{nodeid}: has @pytest.mark.customop but requests none of the fixtures customop, "
@@ -226,7 +233,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     registry = state.registry
     try:
-        spec = parse_marker(marker.args, marker.kwargs, known_checks=registry.names())
+        known_options = {name: getattr(registry[name], "options_accepted", None) for name in registry.names()}
+        spec = parse_marker(marker.args, marker.kwargs, known_checks=registry.names(), known_options=known_options)
     except MarkerError as exc:
         state.marker_errors[nodeid] = f"{nodeid}: {exc}"
         return

@@ -87,7 +87,7 @@ class CustomOpSession:
         unknown = [c for c in self.settings.checks or [] if c not in self._registry]
         if unknown:
             raise pytest.UsageError(
-                f"pytest-customop: --customop-checks/customop_checks names unknown check(s) "
+                f"pytest-customop: {self.settings.source_of('customop_checks')} names unknown check(s) "
                 f"{', '.join(unknown)}; known: {', '.join(self._registry.names())}"
             )
 

@@ -147,6 +147,7 @@ class EdgeShapesCheck(Check):
     """
 
     name = "edge_shapes"
+    options_accepted = ("max_derived",)
     description = "backward on zero-size, 0-dim, size-1 and broadcast samples derived from the given ones"
 
     def not_applicable(self, op: Any, spec: Any) -> Optional[str]:
