@@ -120,9 +120,6 @@ class OpCall:
         """Which outputs of a forward with grad enabled carry a gradient back to the inputs."""
         return [_is_diff_tensor(o) and o.requires_grad for o in outputs]
 
-    def describe(self) -> str:
-        return repr(self.sample)
-
     def with_dtype(self, dtype: torch.dtype) -> "OpCall":
         """The same sample with every floating (or complex) tensor converted to ``dtype``'s kind:
         values kept, so a float64 reference sees exactly the numbers a float32 run saw."""

@@ -55,11 +55,11 @@ def missing_fake_kernel(op: "ResolvedOp", samples: Sequence[SampleInput]) -> Opt
     fitting = next((sample for sample in samples if _fits(op, sample)), None)
     if fitting is None:
         return None
-    from torch._subclasses.fake_tensor import FakeTensorMode
+    from .torch_internals import fake_tensor_mode
 
     answer: Optional[str] = None
     try:
-        with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        with fake_tensor_mode(allow_non_fake_inputs=True) as mode:
             fake = fitting.map(lambda t: mode.from_tensor(t.detach()))
             args, kwargs = op.split_bound(op.bind(fake))
             op.overload(*args, **kwargs)

@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 
-from .dtypes import DEFAULT_DTYPES, Tolerance, default_tolerance, dtype_id, parse_dtype
+from .dtypes import DEFAULT_DTYPES, Tolerance, default_tolerance, parse_dtype
 from .devices import parse_device
 from .expectations import Skip, XFail
 from .ops import OpResolutionError, ResolvedOp, resolve_op
@@ -151,12 +151,11 @@ def parse_marker(
     kwargs: Mapping[str, Any],
     *,
     known_checks: Sequence[str],
-    requires_samples: bool = False,
     known_options: Optional[Mapping[str, Optional[Sequence[str]]]] = None,
 ) -> CustomOpSpec:
     """Validate the marker's arguments. Raises :class:`MarkerError`.
 
-    Without ``samples=`` (and ``requires_samples`` False) the samples are derived from the op's schema.
+    Without ``samples=`` the samples are derived from the op's schema.
     """
     unknown = sorted(set(kwargs) - set(_KNOWN))
     if unknown:
@@ -174,10 +173,6 @@ def parse_marker(
         raise MarkerError("op", op_value, problem=str(exc)) from None
 
     samples = kwargs.get("samples")
-    if samples is None and requires_samples:
-        raise MarkerError(
-            "samples", "<nothing>", "a callable samples(device, dtype, requires_grad) yielding SampleInput"
-        )
     if samples is not None and not callable(samples):
         raise MarkerError("samples", samples, "a callable samples(device, dtype, requires_grad) yielding SampleInput")
     derived_samples = samples is None
@@ -253,7 +248,3 @@ def parse_marker(
         options={k: dict(v) for k, v in options.items()},
         derived_samples=derived_samples,
     )
-
-
-def describe_dtypes(dtypes: Sequence[torch.dtype]) -> str:
-    return ", ".join(dtype_id(d) for d in dtypes)

@@ -9,14 +9,15 @@ any C++ op registered with ``TORCH_LIBRARY`` (reached through the same strings a
 from __future__ import annotations
 
 import difflib
-import functools
 import enum
+import functools
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from .samples import SampleInput
+from .torch_internals import OpOverloadPacket, all_op_names, custom_op_defs, legacy_custom_ops, op_object_name, overload_schema
 
 __all__ = ["ArgInfo", "ArgKind", "OpResolutionError", "ResolvedOp", "resolve_op", "ops_in_namespace"]
 
@@ -120,7 +121,7 @@ class ResolvedOp:
 
     @property
     def schema(self) -> Any:
-        return self.overload._schema
+        return overload_schema(self.overload)
 
     @functools.cached_property  # read on every call of the op by the checks
     def arguments(self) -> list[ArgInfo]:
@@ -197,26 +198,18 @@ def ops_in_namespace(namespace: str) -> list[str]:
     """Every ``ns::name`` registered in ``namespace`` (overloads folded), sorted."""
     prefix = f"{namespace}::"
     names = set()
-    for full in torch._C._dispatch_get_all_op_names():
+    for full in all_op_names():
         if full.startswith(prefix):
             names.add(full.split(".", 1)[0])
     return sorted(names)
 
 
 def _legacy_registry() -> dict[str, Any]:
-    try:
-        from torch._custom_op.impl import global_registry
-    except ImportError:  # removed in some future torch
-        return {}
-    return global_registry
+    return legacy_custom_ops()
 
 
 def _custom_op_defs() -> dict[str, Any]:
-    try:
-        from torch._library.custom_ops import OPDEFS
-    except ImportError:
-        return {}
-    return OPDEFS
+    return custom_op_defs()
 
 
 def _pick_overload(packet: Any, qualname: str) -> str:
@@ -237,7 +230,7 @@ def _registered_packet(namespace: str, name: str) -> Any:
         packet = getattr(getattr(torch.ops, namespace), name)
     except (AttributeError, RuntimeError):
         return None
-    return packet if isinstance(packet, torch._ops.OpOverloadPacket) else None
+    return packet if isinstance(packet, OpOverloadPacket) else None
 
 
 def _resolve_qualname(text: str) -> ResolvedOp:
@@ -282,17 +275,9 @@ def resolve_op(op: Any) -> ResolvedOp:
     """Resolve the marker's ``op`` argument. Raises :class:`OpResolutionError` with a readable reason."""
     if isinstance(op, str):
         return _resolve_qualname(op.strip())
-    if isinstance(op, torch._ops.OpOverload):
-        ns, name = op._schema.name.split("::", 1)
-        return _resolve_qualname(f"{ns}::{name}.{op._overloadname}")
-    if isinstance(op, torch._ops.OpOverloadPacket):
-        return _resolve_qualname(op._qualified_op_name)
-    opoverload = getattr(op, "_opoverload", None)  # CustomOpDef
-    if isinstance(opoverload, torch._ops.OpOverload):
-        return resolve_op(opoverload)
-    legacy_qualname = getattr(op, "_qualname", None)  # torch._custom_op.impl.CustomOp
-    if isinstance(legacy_qualname, str) and "::" in legacy_qualname:
-        return _resolve_qualname(legacy_qualname)
+    name = op_object_name(op)  # an OpOverload, OpOverloadPacket, CustomOpDef or legacy CustomOp
+    if name is not None:
+        return _resolve_qualname(name)
     if callable(op) and hasattr(op, "__name__"):
         # The stub function decorated by torch._custom_ops.custom_op keeps no link to its op: match it
         # by name among the legacy ops, when that is unambiguous.

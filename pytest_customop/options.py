@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Literal, Mapping, Optional
 
 __all__ = ["OPTIONS", "Option", "Settings", "SettingsError", "resolve_settings"]
 
@@ -77,7 +77,7 @@ class Option:
     is_flag: bool = False  # a command-line switch without a value
 
     @property
-    def ini_type(self) -> str:
+    def ini_type(self) -> Literal["bool", "string"]:
         # flags too: parsed here, so that a bad value names its ini key (pytest's "bool" would not)
         return "string"
 
@@ -102,8 +102,7 @@ OPTIONS: tuple[Option, ...] = (
         parse=_comma_list,
         default=None,
         metavar="LIST",
-        help="comma-separated checks run by markers without checks= (default: every check that "
-        "applies to the op).",
+        help="comma-separated checks run by markers without checks= (default: every check that applies to the op).",
     ),
     Option(
         dest="customop_seed",
@@ -113,8 +112,7 @@ OPTIONS: tuple[Option, ...] = (
         parse=_non_negative_int,
         default=None,
         metavar="N",
-        help="run seed; each item is seeded from it and its node id (default: random, printed in "
-        "the header).",
+        help="run seed; each item is seeded from it and its node id (default: random, printed in the header).",
     ),
     Option(
         dest="customop_fast_mode_threshold",
@@ -135,8 +133,7 @@ OPTIONS: tuple[Option, ...] = (
         parse=_boolean,
         default=False,
         is_flag=True,
-        help="when a fast-mode gradcheck fails, recompute and print the full Jacobians (slow on "
-        "large inputs; off by default).",
+        help="when a fast-mode gradcheck fails, recompute and print the full Jacobians (slow on large inputs; off by default).",
     ),
     Option(
         dest="customop_no_gc_freeze",
@@ -160,7 +157,6 @@ class Settings:
     devices: Optional[list[str]] = None
     checks: Optional[list[str]] = None
     seed: int = 0
-    seed_was_given: bool = False
     fast_mode_threshold: int = 1024
     full_jacobian: bool = False
     gc_freeze: bool = True
@@ -174,9 +170,7 @@ class Settings:
         return self.sources.get(dest, dest)
 
 
-def resolve_settings(
-    cli: Mapping[str, Any], env: Mapping[str, str], ini: Callable[[str], Any]
-) -> Settings:
+def resolve_settings(cli: Mapping[str, Any], env: Mapping[str, str], ini: Callable[[str], Any]) -> Settings:
     """Resolve every option: command line, then environment, then ini, then the default.
 
     ``cli`` maps option dests to parsed command-line values (None when absent), ``ini(name)`` returns
@@ -209,7 +203,6 @@ def resolve_settings(
         devices=values["customop_devices"] or None,
         checks=values["customop_checks"] or None,
         seed=seed if seed is not None else random.randrange(2**31),
-        seed_was_given=seed is not None,
         fast_mode_threshold=values["customop_fast_mode_threshold"],
         full_jacobian=values["customop_full_jacobian"],
         gc_freeze=not values["customop_no_gc_freeze"],

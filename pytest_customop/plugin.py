@@ -31,6 +31,7 @@ MARKER_HELP = (
     "requests the `customop` fixture and calls customop.check()."
 )
 
+
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     pluginmanager.add_hookspecs(hookspecs)
 
@@ -263,7 +264,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     discovered = state.discover(session, namespaces, covered)
     items.extend(discovered)
     # Reported like a collector's result, so "collected N items" counts them.
-    config.hook.pytest_collectreport(report=pytest.CollectReport("customop", "passed", None, discovered))
+    config.hook.pytest_collectreport(report=pytest.CollectReport("customop", "passed", None, list[pytest.Item | pytest.Collector](discovered)))
 
 
 @pytest.hookimpl(tryfirst=True)

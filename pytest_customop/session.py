@@ -77,7 +77,7 @@ class CustomOpSession:
                 for impl in reversed(hook.get_hookimpls()):
                     if id(impl.plugin) not in self._asked_plugins:
                         self._asked_plugins.add(id(impl.plugin))
-                        impl.function(**{name: self._registry for name in impl.argnames})
+                        impl.function(**dict.fromkeys(impl.argnames, self._registry))
         except CheckRegistrationError as exc:
             raise pytest.UsageError(f"pytest-customop: {exc}") from None
         return self._registry
@@ -169,7 +169,9 @@ class CustomOpSession:
         """Items for the ops of ``namespaces`` that no marker covers, each with its case stashed."""
         from .discovery import discover_items
 
-        return discover_items(session, namespaces, covered, registry=self.registry, settings=self.settings, run=self.run_discovered)
+        return discover_items(
+            session, namespaces, covered, registry=self.registry, settings=self.settings, run=self.run_discovered
+        )
 
     def listing_entries(self, items: list[pytest.Item]) -> list[tuple[str, Case]]:
         """``(source, case)`` of every customop item, for ``--customop-list``."""
@@ -194,4 +196,3 @@ class CustomOpSession:
 
 #: The run's :class:`CustomOpSession`.
 session_key = pytest.StashKey[CustomOpSession]()
-

@@ -49,8 +49,6 @@ def run(pytester: pytest.Pytester):
     """Run pytest in-process over the files written to ``pytester``, with a fixed seed."""
 
     def run_pytest(*args: str) -> pytest.RunResult:
-        return pytester.runpytest(
-            "-p", "no:cacheprovider", "--customop-seed=1234", *args, plugins=[_KeepModulesAlive()]
-        )
+        return pytester.runpytest("-p", "no:cacheprovider", "--customop-seed=1234", *args, plugins=[_KeepModulesAlive()])
 
     return run_pytest

@@ -9,7 +9,7 @@ import textwrap
 import pytest
 import torch
 
-OPS = '''
+OPS = """
 import pytest, torch
 from torch import Tensor
 from pytest_customop import SampleInput, XFail, Skip
@@ -41,7 +41,7 @@ def mul_samples(device, dtype, requires_grad):
     make = lambda *s: torch.randn(*s, device=device, dtype=dtype, requires_grad=requires_grad)
     yield SampleInput(make(3, 4), make(3, 4), alpha=2.0)
     yield SampleInput(make(3, 4), make(4), alpha=-0.5)
-'''
+"""
 
 
 def write(pytester: pytest.Pytester, ns: str, body: str, name: str = "test_mul") -> None:
@@ -49,13 +49,17 @@ def write(pytester: pytest.Pytester, ns: str, body: str, name: str = "test_mul")
 
 
 def test_issue_example_gives_one_item_per_device_dtype_check(pytester, ns, run):
-    write(pytester, ns, '''
+    write(
+        pytester,
+        ns,
+        """
 @pytest.mark.customop(f"{NS}::mul", samples=mul_samples,
                       dtypes=[torch.float64, torch.complex128, torch.float32, torch.bfloat16],
                       devices=["cpu", "cuda"])
 def test_mul(customop):
     customop.check()
-''')
+""",
+    )
     result = run("--collect-only", "-q")
     ids = [line for line in result.outlines if "::test_mul[" in line]
     assert ids[0] == "test_mul.py::test_mul[cpu-float64-gradcheck]"
@@ -70,31 +74,42 @@ def test_mul(customop):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the skip on a machine without CUDA")
 def test_absent_device_is_a_skip_with_a_reason(pytester, ns, run):
-    write(pytester, ns, '''
+    write(
+        pytester,
+        ns,
+        """
 @pytest.mark.customop(f"{NS}::mul", samples=mul_samples, dtypes=[torch.float64, torch.bfloat16],
                       devices=["cpu", "cuda"], checks=["gradcheck", "gradgradcheck"])
 def test_mul(customop):
     customop.check()
-''')
+""",
+    )
     result = run("-rs")
     result.assert_outcomes(passed=4, skipped=4)
     result.stdout.fnmatch_lines(["SKIPPED [[]4[]] test_mul.py:*: cuda is not available"])
 
 
 def test_k_selects_by_check_and_dtype(pytester, ns, run):
-    write(pytester, ns, '''
+    write(
+        pytester,
+        ns,
+        """
 @pytest.mark.customop(f"{NS}::mul", samples=mul_samples, dtypes=[torch.float64, torch.float32], devices=["cpu"],
                       checks=["gradcheck", "gradgradcheck"])
 def test_mul(customop):
     customop.check()
-''')
+""",
+    )
     result = run("-v", "-k", "float32 and gradgradcheck")
     result.assert_outcomes(passed=1, deselected=3)
     result.stdout.fnmatch_lines(["*test_mul[[]cpu-float32-gradgradcheck[]] PASSED*"])
 
 
 def test_every_op_form_resolves(pytester, ns, run):
-    write(pytester, ns, '''
+    write(
+        pytester,
+        ns,
+        """
 PACKET = getattr(torch.ops, NS).mul
 FORMS = [f"{NS}::mul", f"{NS}::mul.default", PACKET, PACKET.default, mul]
 
@@ -105,12 +120,14 @@ for i, form in enumerate(FORMS):
         customop.check()
     globals()[f"test_form_{i}"] = pytest.mark.customop(form, samples=mul_samples, dtypes=[torch.float64],
                                                        devices=["cpu"], checks=["gradcheck"])(_check)
-''')
+""",
+    )
     run().assert_outcomes(passed=5)
 
 
 def test_library_define_and_legacy_ops_resolve(pytester, ns, run):
-    pytester.makepyfile(test_styles=f'''
+    pytester.makepyfile(
+        test_styles=f'''
 import warnings
 import pytest, torch
 from torch import Tensor
@@ -161,12 +178,16 @@ def test_library_define(customop):
 def test_legacy(customop):
     assert customop.op.legacy_op is not None
     customop.check()
-''')
+'''
+    )
     run("-W", "ignore::DeprecationWarning").assert_outcomes(passed=6)
 
 
 def test_fixtures_expose_device_dtype_samples_and_calling(pytester, ns, run):
-    write(pytester, ns, '''
+    write(
+        pytester,
+        ns,
+        """
 @pytest.mark.customop(f"{NS}::mul", samples=mul_samples, dtypes=[torch.float32], devices=["cpu"],
                       checks=["gradcheck"])
 def test_own_assertions(customop, customop_device, customop_dtype, customop_samples):
@@ -184,25 +205,30 @@ def test_samples_are_seeded_per_item(customop):
     first = customop.samples()[0].args[0]
     again = customop.samples()[0].args[0]
     assert torch.equal(first, again) and first is not again
-''')
+""",
+    )
     run().assert_outcomes(passed=2)
 
 
 def test_same_seed_same_samples_and_header_prints_it(pytester, ns):
-    write(pytester, ns, '''
+    write(
+        pytester,
+        ns,
+        """
 @pytest.mark.customop(f"{NS}::mul", samples=mul_samples, dtypes=[torch.float64], devices=["cpu"],
                       checks=["gradcheck"])
 def test_mul(customop):
     print("FIRST", customop.samples()[0].args[0].flatten()[0].item())
-''')
+""",
+    )
     outputs = []
     for _ in range(2):
         result = pytester.runpytest_subprocess("-s", "--customop-seed=77")
         result.stdout.fnmatch_lines(["customop: *seed=77 *"])
-        outputs.append([line[line.index("FIRST"):] for line in result.outlines if "FIRST" in line])
+        outputs.append([line[line.index("FIRST") :] for line in result.outlines if "FIRST" in line])
     assert outputs[0] == outputs[1] and outputs[0]
     other = pytester.runpytest_subprocess("-s", "--customop-seed=78")
-    assert [line[line.index("FIRST"):] for line in other.outlines if "FIRST" in line] != outputs[0]
+    assert [line[line.index("FIRST") :] for line in other.outlines if "FIRST" in line] != outputs[0]
 
 
 def test_seed_from_environment_and_ini(pytester, ns, monkeypatch):
@@ -221,12 +247,16 @@ def test_bad_cli_value_is_a_usage_error(pytester):
 
 
 def test_devices_option_narrows_and_skips_the_rest_with_a_reason(pytester, ns, run):
-    write(pytester, ns, '''
+    write(
+        pytester,
+        ns,
+        """
 @pytest.mark.customop(f"{NS}::mul", samples=mul_samples, dtypes=[torch.float64], devices=["cpu", "meta"],
                       checks=["gradcheck"])
 def test_mul(customop):
     customop.check()
-''')
+""",
+    )
     result = run("-rs")
     result.assert_outcomes(passed=1, skipped=1)
     result.stdout.fnmatch_lines(["*meta tensors hold no values*"])
@@ -236,7 +266,10 @@ def test_mul(customop):
 
 
 def test_xfail_and_skip_per_check_dtype_device(pytester, ns, run):
-    write(pytester, ns, '''
+    write(
+        pytester,
+        ns,
+        """
 def wrong(ctx, grad):
     gx, gy, _ = backward(ctx, grad)
     return gx, gy * 2, None
@@ -253,7 +286,8 @@ bad.register_autograd(wrong, setup_context=setup_context)
                       checks=["gradcheck", "gradgradcheck"])
 def test_bad(customop):
     customop.check()
-''')
+""",
+    )
     result = run("-rsx")
     result.assert_outcomes(xfailed=1, passed=2, skipped=1)
     result.stdout.fnmatch_lines(["XFAIL test_mul.py::test_bad[[]cpu-float64-gradcheck[]] - y's grad doubled*"])
@@ -264,7 +298,7 @@ BAD_MARKERS = [
     ('"nolib_xyz::mul", samples=s', "'op': got 'nolib_xyz::mul'; namespace 'nolib_xyz' has no registered ops*"),
     ('"{ns}::mul.out", samples=s', "'op': got '{ns}::mul.out'; {ns}::mul has no overload 'out'; it has 'default'"),
     ("3, samples=s", "'op': got 3; 3 (int) is not an op; allowed: a qualname string*"),
-    ('samples=s', "'op': got <nothing>; allowed: the op as first argument*"),
+    ("samples=s", "'op': got <nothing>; allowed: the op as first argument*"),
     ('"{ns}::mul", samples=3', "'samples': got 3; allowed: a callable*"),
     ('"{ns}::mul", samples=s, dtypes=["float99"]', "'dtypes': got 'float99'; allowed: torch dtypes or their names (bfloat16, *"),
     ('"{ns}::mul", samples=s, dtypes=[]', "'dtypes': got ??; allowed: a non-empty list of torch dtypes"),
@@ -279,9 +313,14 @@ BAD_MARKERS = [
 ]
 
 
-@pytest.mark.parametrize("arguments, message", BAD_MARKERS, ids=[m[1].split(":")[0].strip("'") + str(i) for i, m in enumerate(BAD_MARKERS)])
+@pytest.mark.parametrize(
+    "arguments, message", BAD_MARKERS, ids=[m[1].split(":")[0].strip("'") + str(i) for i, m in enumerate(BAD_MARKERS)]
+)
 def test_bad_marker_argument_is_a_readable_error_confined_to_its_test(pytester, ns, run, arguments, message):
-    write(pytester, ns, f'''
+    write(
+        pytester,
+        ns,
+        f"""
 def s(device, dtype, requires_grad):
     yield SampleInput(torch.randn(3), torch.randn(3))
 
@@ -291,7 +330,8 @@ def test_bad(customop):
 
 def test_unrelated():
     pass
-''')
+""",
+    )
     result = run()
     result.assert_outcomes(errors=1, passed=1)
     result.stdout.fnmatch_lines([f"test_mul.py::test_bad: customop marker argument {message.format(ns=ns)}"])
@@ -300,7 +340,8 @@ def test_unrelated():
 
 
 def test_ambiguous_packet_lists_its_overloads(pytester, ns, run):
-    pytester.makepyfile(test_amb=f'''
+    pytester.makepyfile(
+        test_amb=f'''
 import pytest, torch
 lib = torch.library.Library("{ns}", "DEF")
 lib.define("f.a(Tensor x) -> Tensor")
@@ -312,21 +353,28 @@ def s(device, dtype, requires_grad):
 @pytest.mark.customop(torch.ops.{ns}.f, samples=s)
 def test_f(customop):
     pass
-''')
+'''
+    )
     result = run()
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines([f"*{ns}::f is ambiguous: it has overloads '{ns}::f.a', '{ns}::f.b'; name one"])
 
 
 def test_marker_without_the_fixture_is_an_error_naming_the_fixture(pytester, ns, run):
-    write(pytester, ns, '''
+    write(
+        pytester,
+        ns,
+        """
 @pytest.mark.customop(f"{NS}::mul", samples=mul_samples)
 def test_forgot():
     pass
-''')
+""",
+    )
     result = run()
     result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["test_mul.py::test_forgot: has @pytest.mark.customop but requests none of the fixtures customop*"])
+    result.stdout.fnmatch_lines(
+        ["test_mul.py::test_forgot: has @pytest.mark.customop but requests none of the fixtures customop*"]
+    )
 
 
 def test_fixture_without_the_marker_is_an_error(pytester, ns, run):
@@ -339,42 +387,59 @@ def test_fixture_without_the_marker_is_an_error(pytester, ns, run):
 @pytest.mark.parametrize(
     "samples_body, message",
     [
-        ("    raise ValueError('no GPU kernel for this shape')", "*samples(device='cpu', dtype=torch.float64, requires_grad=True) raised ValueError: no GPU kernel for this shape"),
+        (
+            "    raise ValueError('no GPU kernel for this shape')",
+            "*samples(device='cpu', dtype=torch.float64, requires_grad=True) raised ValueError: no GPU kernel for this shape",
+        ),
         ("    yield from ()", "*samples(*) yielded nothing; it must yield at least one SampleInput"),
-        ("    yield (torch.randn(3), torch.randn(3))", "*samples(*) yielded tuple (tensor(*) at index 0; allowed: pytest_customop.SampleInput or torch.testing's OpInfo SampleInput"),
+        (
+            "    yield (torch.randn(3), torch.randn(3))",
+            "*samples(*) yielded tuple (tensor(*) at index 0; allowed: pytest_customop.SampleInput or torch.testing's OpInfo SampleInput",
+        ),
     ],
     ids=["raising", "empty", "not-a-sample"],
 )
 def test_bad_samples_fail_their_items_with_the_reason(pytester, ns, run, samples_body, message):
-    write(pytester, ns, f'''
+    write(
+        pytester,
+        ns,
+        f"""
 def s(device, dtype, requires_grad):
 {samples_body}
 
 @pytest.mark.customop(f"{{NS}}::mul", samples=s, dtypes=[torch.float64], devices=["cpu"], checks=["gradcheck"])
 def test_mul(customop):
     customop.check()
-''')
+""",
+    )
     result = run()
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["test_mul.py::test_mul[[]cpu-float64-gradcheck[]]: customop marker argument 'samples': " + message.lstrip("*")])
+    result.stdout.fnmatch_lines(
+        ["test_mul.py::test_mul[[]cpu-float64-gradcheck[]]: customop marker argument 'samples': " + message.lstrip("*")]
+    )
 
 
 def test_sample_not_fitting_the_schema_names_the_argument(pytester, ns, run):
-    write(pytester, ns, '''
+    write(
+        pytester,
+        ns,
+        """
 def s(device, dtype, requires_grad):
     yield SampleInput(torch.randn(3, dtype=dtype, requires_grad=requires_grad), beta=1.0)
 
 @pytest.mark.customop(f"{NS}::mul", samples=s, dtypes=[torch.float64], devices=["cpu"], checks=["gradcheck"])
 def test_mul(customop):
     customop.check()
-''')
+""",
+    )
     result = run()
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines([f"*the sample does not fit the schema: {ns}::mul has no argument 'beta'; schema: *"])
 
 
 def test_integer_inputs_never_require_grad(pytester, ns, run):
-    pytester.makepyfile(test_gather=f'''
+    pytester.makepyfile(
+        test_gather=f'''
 import pytest, torch
 from torch import Tensor
 from pytest_customop import SampleInput
@@ -400,41 +465,58 @@ def samples(device, dtype, requires_grad):
                       checks=["gradcheck", "gradgradcheck"])
 def test_take(customop):
     customop.check()
-''')
+'''
+    )
     result = run("-rs")
     result.assert_outcomes(passed=2, skipped=2)
     result.stdout.fnmatch_lines(["*int64 tensors cannot require grad: nothing to differentiate"])
 
 
 def test_help_and_markers_do_not_import_torch(pytester):
-    pytester.makepyfile(probe='''
+    pytester.makepyfile(
+        probe="""
 import sys, subprocess
 code = "import sys, pytest; pytest.main(sys.argv[1:]); print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')"
 for args in (["--help"], ["--markers"]):
     out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True).stdout
     print(args[0], out.strip().splitlines()[-1])
-''')
+"""
+    )
     result = pytester.run(sys.executable, "probe.py")
     result.stdout.fnmatch_lines(["--help NO-TORCH", "--markers NO-TORCH"])
 
 
 def test_markers_fixtures_and_help_text(pytester):
     result = pytester.runpytest("--markers")
-    result.stdout.fnmatch_lines(["@pytest.mark.customop(op, *, samples=None, dtypes=None, devices=None, checks=None, atol=None, rtol=None*"])
+    result.stdout.fnmatch_lines(
+        ["@pytest.mark.customop(op, *, samples=None, dtypes=None, devices=None, checks=None, atol=None, rtol=None*"]
+    )
     result = pytester.runpytest("--fixtures")
     result.stdout.fnmatch_lines(
-        ["customop -- *", "    The op under test, bound to this item's device, dtype and check*", "customop_device -- *", "customop_dtype -- *", "customop_samples -- *"]
+        [
+            "customop -- *",
+            "    The op under test, bound to this item's device, dtype and check*",
+            "customop_device -- *",
+            "customop_dtype -- *",
+            "customop_samples -- *",
+        ]
     )
     result = pytester.runpytest("--help")
-    result.stdout.fnmatch_lines(["*verify PyTorch custom operators (pytest-customop)*", "*--customop-devices=LIST*", "*customop_seed (string)*"])
+    result.stdout.fnmatch_lines(
+        ["*verify PyTorch custom operators (pytest-customop)*", "*--customop-devices=LIST*", "*customop_seed (string)*"]
+    )
 
 
 def test_strict_markers_accepts_the_marker(pytester, ns, run):
-    write(pytester, ns, '''
+    write(
+        pytester,
+        ns,
+        """
 @pytest.mark.customop(f"{NS}::mul", samples=mul_samples, dtypes=[torch.float64], devices=["cpu"], checks=["gradcheck"])
 def test_mul(customop):
     customop.check()
-''')
+""",
+    )
     run("--strict-markers").assert_outcomes(passed=1)
 
 
@@ -453,7 +535,7 @@ def test_entry_point_is_named_customop():
     assert subprocess.run([sys.executable, "-c", "import pytest_customop"], check=True).returncode == 0
 
 
-NESTED_CHECK = '''
+NESTED_CHECK = """
 def pytest_customop_register_checks(registry):
     from pytest_customop import Check
 
@@ -469,28 +551,35 @@ def pytest_customop_register_checks(registry):
             return ctx.passed(len(samples), len(samples))
 
     registry.register(RunsOnce())
-'''
+"""
 
 
 @pytest.mark.parametrize("where", [[], ["unit"]], ids=["pytest .", "pytest unit"])
 def test_a_check_from_a_nested_conftest_works_whatever_paths_are_collected(pytester, ns, run, where):
     # test_a.py is collected before unit/ (in name order), so before unit/conftest.py is loaded: the
     # registry must still learn the check that conftest registers
-    write(pytester, ns, '''
+    write(
+        pytester,
+        ns,
+        """
 @pytest.mark.customop(f"{NS}::mul", samples=mul_samples, dtypes=["float64"], devices=["cpu"], checks=["gradcheck"])
 def test_mul(customop):
     customop.check()
-''', name="test_a")
+""",
+        name="test_a",
+    )
     sub = pytester.mkpydir("unit")
     (sub / "conftest.py").write_text(NESTED_CHECK)
-    (sub / "test_b.py").write_text(textwrap.dedent(f'''
+    (sub / "test_b.py").write_text(
+        textwrap.dedent("""
         import pytest
         import test_a
 
         @pytest.mark.customop(test_a.mul, samples=test_a.mul_samples, dtypes=["float64"], devices=["cpu"], checks=["runs_once"])
         def test_mul_once(customop):
             customop.check()
-    '''))
+    """)
+    )
     result = run("-v", "--rootdir", str(pytester.path), *where)
     result.stdout.fnmatch_lines(["*test_b.py::test_mul_once[[]cpu-float64-runs_once[]] PASSED*"])
     result.assert_outcomes(passed=1 if where else 2)

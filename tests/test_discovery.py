@@ -88,7 +88,13 @@ def test_namespace_covers_exactly_the_untested_ops(run, library):
 
 def test_discovered_items_select_with_k_and_rerun_from_the_repro_line(run, library):
     ns = library
-    result = run("-v", f"--customop-namespace={ns}", "--customop-checks=gradcheck,gradgradcheck", "-k", f"{ns}::cube[cpu-float64-gradcheck]")
+    result = run(
+        "-v",
+        f"--customop-namespace={ns}",
+        "--customop-checks=gradcheck,gradgradcheck",
+        "-k",
+        f"{ns}::cube[cpu-float64-gradcheck]",
+    )
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines([f"customop::{ns}::cube[[]cpu-float64-gradcheck[]] FAILED*", "*12 deselected*"])
 
@@ -123,7 +129,9 @@ def test_discovery_under_xdist(pytester, library):
 
 def test_discovered_items_are_in_the_report(pytester, run, library):
     ns = library
-    result = run(f"--customop-namespace={ns}", "--customop-checks=gradcheck", "--customop-report", "--customop-report=md:report.md")
+    result = run(
+        f"--customop-namespace={ns}", "--customop-checks=gradcheck", "--customop-report", "--customop-report=md:report.md"
+    )
     result.assert_outcomes(passed=6, failed=1)
     result.stdout.fnmatch_lines(["customop: 6 passed, 1 failed in 7 item(s) over 4 op(s)"])  # scale (marked) and six discovered
     markdown = (pytester.path / "report.md").read_text()

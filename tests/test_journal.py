@@ -5,7 +5,6 @@ Ctrl-C or a process that dies; the report of a run that never finished is rebuil
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 from report_suite import double_op

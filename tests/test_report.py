@@ -73,14 +73,17 @@ def test_no_report_without_the_option(suite_run) -> None:
 
 
 def test_terminal_table_folds_columns_to_the_terminal_width(pytester: pytest.Pytester, ns: str, run, monkeypatch) -> None:
-    pytester.makepyfile(double_op(ns) + textwrap.dedent('''
+    pytester.makepyfile(
+        double_op(ns)
+        + textwrap.dedent("""
 
         DTYPES = ["float64", "float32", "complex128", "complex64", "float16", "bfloat16"]
 
         @pytest.mark.customop(double, samples=samples, dtypes=DTYPES, checks=["gradcheck"])
         def test_double(customop):
             pytest.skip("the layout is under test, not the op")
-        '''))
+        """)
+    )
     monkeypatch.setenv("COLUMNS", "60")
     result = run("--customop-report")
     result.assert_outcomes(skipped=6)
@@ -97,13 +100,16 @@ def test_terminal_table_folds_columns_to_the_terminal_width(pytester: pytest.Pyt
 
 
 def test_check_rows_follow_the_items_order_not_the_alphabet(pytester: pytest.Pytester, ns: str, run) -> None:
-    pytester.makepyfile(double_op(ns) + textwrap.dedent('''
+    pytester.makepyfile(
+        double_op(ns)
+        + textwrap.dedent("""
 
         @pytest.mark.customop(double, samples=samples, dtypes=["float64"], devices=["cpu"],
                               checks=["edge_shapes", "gradcheck", "grad_keys", "batched_grad"])
         def test_double(customop):
             pytest.skip("the order is under test, not the op")
-        '''))
+        """)
+    )
     result = run("--customop-report", "--customop-report=json:report.json")
     lines = result.stdout.lines
     start = lines.index(f"{ns}::double  (4 skipped)")
@@ -137,7 +143,11 @@ def test_json_file(suite_run, pytester: pytest.Pytester, ns: str) -> None:
     assert "test_suite.py::test_plain" not in by_node  # not a customop item
     failed = by_node["test_suite.py::test_bad[cpu-float64-gradcheck]"]
     assert (failed["op"], failed["check"], failed["device"], failed["dtype"], failed["outcome"]) == (
-        f"{ns}::bad", "gradcheck", "cpu", "float64", "failed"
+        f"{ns}::bad",
+        "gradcheck",
+        "cpu",
+        "float64",
+        "failed",
     )
     assert failed["message"].startswith("sample 0: gradient of input 'x': 3 of 3 element(s) differ")
     assert failed["samples"] == {"checked": 1, "total": 1}
@@ -214,13 +224,16 @@ class _HTMLTable(HTMLParser):
 
 
 def test_html_file_is_self_contained_and_escaped(pytester: pytest.Pytester, ns: str, run) -> None:
-    pytester.makepyfile(double_op(ns) + textwrap.dedent('''
+    pytester.makepyfile(
+        double_op(ns)
+        + textwrap.dedent("""
 
         @pytest.mark.customop(double, samples=samples, dtypes=["float64"], checks=["gradcheck"])
         def test_double(customop):
             customop.check()
             raise ValueError("<script>alert('x')</script> & more")
-        '''))
+        """)
+    )
     result = run("--customop-report=html:report.html")
     result.assert_outcomes(failed=1)
     text = (pytester.path / "report.html").read_text()
@@ -236,8 +249,7 @@ def test_junitxml_properties(suite_run, pytester: pytest.Pytester, ns: str) -> N
     suite_run("--junitxml=junit.xml")
     tree = ET.parse(pytester.path / "junit.xml")
     properties = {
-        case.get("name"): {p.get("name"): p.get("value") for p in case.iter("property")}
-        for case in tree.iter("testcase")
+        case.get("name"): {p.get("name"): p.get("value") for p in case.iter("property")} for case in tree.iter("testcase")
     }
     assert properties["test_bad[cpu-float64-gradcheck]"] == {
         "customop_op": f"{ns}::bad",
@@ -266,7 +278,9 @@ def test_junitxml_properties(suite_run, pytester: pytest.Pytester, ns: str) -> N
         ("report.json", "*expected FORMAT:PATH*the bare flag takes no value*"),
     ],
 )
-def test_bad_report_values_are_usage_errors_before_any_test_runs(pytester: pytest.Pytester, run, value: str, message: str) -> None:
+def test_bad_report_values_are_usage_errors_before_any_test_runs(
+    pytester: pytest.Pytester, run, value: str, message: str
+) -> None:
     (pytester.path / "a_directory").mkdir()
     (pytester.path / "a_file").write_text("")
     pytester.makepyfile("def test_records(): open('ran', 'w').close()")

@@ -42,23 +42,27 @@ def test_two_workers_give_the_same_report_and_files_as_none(pytester: pytest.Pyt
     serial_files, serial_lines = _files(pytester), _report_lines(serial)
 
     # The controller runs no test: it must not pay torch's import while the workers start.
-    pytester.makepyfile(controller_probe="""
+    pytester.makepyfile(
+        controller_probe="""
         import sys
 
         def pytest_unconfigure(config):
             if not hasattr(config, "workerinput"):
                 print("CONTROLLER IMPORTED TORCH:", "torch" in sys.modules)
-    """)
+    """
+    )
     parallel = pytester.runpytest_subprocess(
         "-p", "no:cacheprovider", "-p", "controller_probe", "--customop-seed=1234", *args, "-n", "2"
     )
     parallel.assert_outcomes(passed=5, failed=1, skipped=2, xfailed=1, xpassed=1, errors=1)
-    parallel.stdout.fnmatch_lines([
-        "customop: torch *, devices: found by each worker, seed=1234*",
-        "created: 2/2 workers",
-        "customop report (json) written to *report.json",
-        "CONTROLLER IMPORTED TORCH: False",
-    ])
+    parallel.stdout.fnmatch_lines(
+        [
+            "customop: torch *, devices: found by each worker, seed=1234*",
+            "created: 2/2 workers",
+            "customop report (json) written to *report.json",
+            "CONTROLLER IMPORTED TORCH: False",
+        ]
+    )
     parallel_files = _files(pytester)
 
     assert _report_lines(parallel) == serial_lines
@@ -104,10 +108,11 @@ def test_double(customop):
 """
 
 
-CRASH_LINE = "  ERROR gradcheck cpu/float64: worker 'gw?' crashed while running 'test_crash.py::test_segfault[[]cpu-float64-gradcheck[]]'"
+CRASH_LINE = (
+    "  ERROR gradcheck cpu/float64: worker 'gw?' crashed while running 'test_crash.py::test_segfault[[]cpu-float64-gradcheck[]]'"
+)
 WARNING_LINE = (
-    "warning: pytest-xdist worker(s) gw? crashed; the item each was running, and any item left unrun, are "
-    "reported as errors"
+    "warning: pytest-xdist worker(s) gw? crashed; the item each was running, and any item left unrun, are reported as errors"
 )
 
 

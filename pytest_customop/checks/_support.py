@@ -14,6 +14,7 @@ import torch
 from ..differentiation import OpCall, worst_mismatch
 from ..dtypes import Tolerance, dtype_id, is_differentiable_dtype
 from ..ops import ResolvedOp
+from ..torch_internals import vmap_fallback_warning_disabled
 from .base import CheckContext, Finding
 
 __all__ = [
@@ -129,15 +130,8 @@ def max_abs_difference(first: Optional[torch.Tensor], second: Optional[torch.Ten
 @contextlib.contextmanager
 def quiet_vmap() -> Iterator[None]:
     """Silence vmap's "performance drop" fallback warning (C++ and Python): expected for custom ops."""
-    setter = getattr(getattr(torch._C, "_functorch", None), "_set_vmap_fallback_warning_enabled", None)
-    if setter is not None:
-        setter(False)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="There is a performance drop")
-            warnings.filterwarnings("ignore", message=".*is_grads_batched.*")
-            yield
-    finally:
-        if setter is not None:
-            setter(True)
+    with vmap_fallback_warning_disabled(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="There is a performance drop")
+        warnings.filterwarnings("ignore", message=".*is_grads_batched.*")
+        yield
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import torch
 
-from ..dtypes import Tolerance, dtype_id
+from ..dtypes import Tolerance
 from ..samples import SampleInput
 
 if TYPE_CHECKING:
@@ -119,9 +119,6 @@ class CheckContext:
         generator = torch.Generator()
         generator.manual_seed((self.seed + salt) % (2**63))
         return generator
-
-    def where(self) -> str:
-        return f"{self.op.name} {self.check} on {self.device} {dtype_id(self.dtype)}"
 
     # -- results ----------------------------------------------------------------------------
     def passed(self, checked: int, total: int, notes: Optional[list[str]] = None) -> CheckResult:

@@ -31,6 +31,7 @@ import torch
 from ..differentiation import OpCall, flatten_outputs, random_like
 from ..dtypes import is_differentiable_dtype
 from ..ops import ResolvedOp
+from ..torch_internals import custom_op_vmap_rule, has_kernel
 from ._support import agreement, gradient_samples, mutated_arguments, no_gradient_reason, quiet_vmap
 from .base import Check, CheckContext, CheckResult, Finding, format_user_traceback
 
@@ -59,15 +60,9 @@ _HINTS = (
 
 def has_vmap_rule(op: ResolvedOp) -> bool:
     """Whether ``op`` has a vmap rule of its own (``register_vmap`` or a ``FuncTorchBatched`` kernel)."""
-    if op.custom_op_def is not None and getattr(op.custom_op_def, "_vmap_fn", None) is not None:
+    if op.custom_op_def is not None and custom_op_vmap_rule(op.custom_op_def) is not None:
         return True
-    has_kernel = getattr(torch._C, "_dispatch_has_kernel_for_dispatch_key", None)
-    if has_kernel is None:
-        return False
-    try:
-        return bool(has_kernel(op.qualname, "FuncTorchBatched"))
-    except RuntimeError:
-        return False
+    return has_kernel(op.qualname, "FuncTorchBatched")
 
 
 class _Unsupported(Exception):

@@ -27,6 +27,7 @@ from ..differentiation import OpCall, Slot, flatten_outputs, random_like, vjp, w
 from ..dtypes import dtype_id
 from ..samples import SampleInput
 from ..fake_kernels import missing_fake_kernel
+from ..torch_internals import dynamo_unsupported_reason, reset_compiled
 from .base import Check, CheckContext, CheckResult, Finding
 from .opcheck import first_lines
 
@@ -62,14 +63,7 @@ def _quiet() -> Iterator[None]:
 
 
 def _dynamo_unsupported_reason() -> Optional[str]:
-    try:
-        import torch._dynamo
-    except Exception as exc:  # pragma: no cover - a broken install
-        return f"torch._dynamo cannot be imported: {exc}"
-    supported = getattr(torch._dynamo, "is_dynamo_supported", None)
-    if supported is not None and not supported():
-        return f"torch.compile is not supported here (torch {torch.__version__}, this Python or platform)"
-    return None
+    return dynamo_unsupported_reason()
 
 
 def _differentiable(t: Any) -> bool:
@@ -139,8 +133,6 @@ class CompileCheck(Check):
         reason = _dynamo_unsupported_reason()
         if reason:
             return ctx.skipped(reason)
-        import torch._dynamo
-
         options = ctx.options
         backends = options.get("backends", DEFAULT_BACKENDS)
         if isinstance(backends, str):
@@ -152,7 +144,7 @@ class CompileCheck(Check):
         failed_samples: set[int] = set()
         started = time.perf_counter()
         for backend in backends:
-            torch._dynamo.reset()
+            reset_compiled()
             compiled = torch.compile(_call_op, backend=backend, fullgraph=fullgraph, dynamic=dynamic)
             for index, sample in enumerate(samples):
                 if index in failed_samples:
@@ -161,7 +153,7 @@ class CompileCheck(Check):
                 if problem is not None:
                     findings.append(problem)
                     failed_samples.add(index)
-        torch._dynamo.reset()
+        reset_compiled()
         elapsed = time.perf_counter() - started
         notes.append(f"backends: {', '.join(backends)} (fullgraph={fullgraph}, dynamic={dynamic})")
         if not _warmed_up:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import sys
 import warnings
 from typing import Any, Callable, Iterator, Optional, Sequence
 
@@ -34,6 +33,7 @@ from ..differentiation import (
     worst_mismatch,
 )
 from ..dtypes import Tolerance, dtype_id, is_reference_precision, reference_dtype
+from ..torch_internals import make_undefined_grad, replaced_slow_mode_error
 from ._support import gradient_samples
 from .base import Check, CheckContext, CheckResult, Finding, format_user_traceback
 
@@ -61,20 +61,12 @@ def refuses_double_backward(exc: BaseException) -> bool:
 def _without_slow_recompute() -> Iterator[None]:
     """Stop a failing fast-mode gradcheck from recomputing the full Jacobian just to word its message
     (seconds to minutes on real inputs): the plugin diagnoses the failure itself."""
-    module = sys.modules.get("torch.autograd.gradcheck")
-    original = getattr(module, "_run_slow_mode_and_get_error", None)
-    if original is None:
-        yield
-        return
 
     def short_note(*args: Any, **kwargs: Any) -> str:
         return "\n(full Jacobian not recomputed; --customop-full-jacobian prints it)\n"
 
-    module._run_slow_mode_and_get_error = short_note  # type: ignore[union-attr]
-    try:
+    with replaced_slow_mode_error(short_note):
         yield
-    finally:
-        module._run_slow_mode_and_get_error = original  # type: ignore[union-attr]
 
 
 def _first_lines(text: str, count: int = 3) -> str:
@@ -553,7 +545,7 @@ def _missing_kernel_note(index: int, kernels: list[str]) -> str:
 def _undefined_grad_problem(outputs: list[torch.Tensor], leaves: list[torch.Tensor]) -> Optional[str]:
     """What torch's ``check_undefined_grad`` finds, on the graph already built: the backward must accept
     undefined grad_outputs (all of them, and each alone) and then give zero or no gradients."""
-    make_undefined = getattr(getattr(torch._C, "_functions", None), "UndefinedGrad", None)
+    make_undefined = make_undefined_grad()
     if make_undefined is None:  # pragma: no cover - not in this torch
         return None
     variants = [list(range(len(outputs)))]

@@ -12,6 +12,15 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import torch
 
 from ..ops import RegistrationStyle, ResolvedOp
+from ..torch_internals import (
+    autograd_function_class,
+    custom_op_backward,
+    custom_op_setup_context,
+    generated_backward_info,
+    has_kernel,
+    legacy_impl,
+    legacy_output_differentiability,
+)
 from .pytree import _flatten
 
 __all__ = ["BackwardSource", "find_backward"]
@@ -63,29 +72,11 @@ def _where(fn: Callable[..., Any]) -> str:
     return f"{name} ({path.rsplit('/', 1)[-1]}:{line})"
 
 
-def _find_info(fn: Any, depth: int = 0) -> Any:
-    """The ``info`` object (``_backward_fn``, ``_setup_context_fn``) a ``make_autograd_impl`` kernel
-    closes over, searched through nested closures (``supports_tensorlist`` wraps it once more)."""
-    for cell in getattr(fn, "__closure__", None) or ():
-        try:
-            value = cell.cell_contents
-        except ValueError:  # empty cell
-            continue
-        if hasattr(value, "_backward_fn") and hasattr(value, "_setup_context_fn"):
-            return value
-        if depth < 4 and inspect.isfunction(value):
-            found = _find_info(value, depth + 1)
-            if found is not None:
-                return found
-    return None
-
-
 def _opaque_reason(op: ResolvedOp, grad_fn: Any) -> str:
-    has = getattr(torch._C, "_dispatch_has_kernel_for_dispatch_key", None)
     node = type(grad_fn).__name__ if grad_fn is not None else "no grad_fn"
-    if has is not None and has(op.qualname if op.overload_name == "default" else op.name, "CompositeImplicitAutograd"):
+    if has_kernel(op.qualname if op.overload_name == "default" else op.name, "CompositeImplicitAutograd"):
         return f"{op.name} is CompositeImplicitAutograd: its gradient comes from the ops it calls (grad_fn {node})"
-    forward_cls = getattr(grad_fn, "_forward_cls", None)
+    forward_cls = autograd_function_class(grad_fn)
     if forward_cls is not None:
         return f"{op.name}'s autograd kernel is the autograd.Function {forward_cls.__qualname__}, not register_autograd"
     return f"{op.name} has an autograd kernel Python cannot see into (C++; grad_fn {node})"
@@ -103,19 +94,16 @@ def find_backward(op: ResolvedOp, probe: Optional[Mapping[str, Any]] = None) -> 
         return BackwardSource("opaque", detail=f"{op.name} mutates its inputs: torch registers no backward for such ops")
     definition = op.custom_op_def
     if definition is not None and op.registration is RegistrationStyle.CUSTOM_OP:
-        backward = getattr(definition, "_backward_fn", None)
+        backward = custom_op_backward(definition)
         if backward is None:
             return BackwardSource("none", detail=f"{op.name} has no backward (register one with register_autograd)")
-        return BackwardSource("register_autograd", backward, getattr(definition, "_setup_context_fn", None))
+        return BackwardSource("register_autograd", backward, custom_op_setup_context(definition))
     legacy = op.legacy_op
     if legacy is not None:
-        has_impl = getattr(legacy, "_has_impl", lambda kind: False)
-        if has_impl("backward") and has_impl("save_for_backward"):
+        legacy_backward, legacy_save = legacy_impl(legacy, "backward"), legacy_impl(legacy, "save_for_backward")
+        if legacy_backward is not None and legacy_save is not None:
             return BackwardSource(
-                "legacy",
-                legacy._get_impl("backward").func,
-                legacy._get_impl("save_for_backward").func,
-                output_differentiability=getattr(legacy, "_output_differentiability", None),
+                "legacy", legacy_backward, legacy_save, output_differentiability=legacy_output_differentiability(legacy)
             )
         return BackwardSource("none", detail=f"{op.name} has no impl_backward/impl_save_for_backward")
     if probe is None:
@@ -123,12 +111,12 @@ def find_backward(op: ResolvedOp, probe: Optional[Mapping[str, Any]] = None) -> 
     with torch.enable_grad():
         outputs = _flatten(op.call_bound(dict(probe)))
     grad_fn = next((o.grad_fn for o in outputs if isinstance(o, torch.Tensor) and o.grad_fn is not None), None)
-    forward_cls = getattr(grad_fn, "_forward_cls", None)
-    info = _find_info(getattr(forward_cls, "backward", None)) if forward_cls is not None else None
-    if info is not None and forward_cls.__name__.startswith("GeneratedBackwardFor_"):
-        if info._backward_fn is None:
+    info = generated_backward_info(grad_fn)
+    if info is not None:
+        backward = custom_op_backward(info)  # the same attributes as a CustomOpDef's
+        if backward is None:
             return BackwardSource("none", detail=f"{op.name} has no backward (register one with register_autograd)")
-        return BackwardSource("register_autograd", info._backward_fn, info._setup_context_fn)
+        return BackwardSource("register_autograd", backward, custom_op_setup_context(info))
     if grad_fn is None:
         return BackwardSource("opaque", detail=f"no output of {op.name} requires grad: it has no autograd kernel")
     return BackwardSource("opaque", detail=_opaque_reason(op, grad_fn))

@@ -22,12 +22,13 @@ from __future__ import annotations
 import contextlib
 from collections import namedtuple
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
 from ..ops import RegistrationStyle, ResolvedOp
 from ..samples import SampleInput
+from ..torch_internals import below_autograd, transforming
 from .backward_source import BackwardSource, find_backward
 from .grad_validation import (
     GradientProblem,
@@ -74,7 +75,7 @@ class _Call:
     def flatten_outputs(self, result: Any) -> tuple:
         self.out_tuple = isinstance(result, tuple)
         items = result if self.out_tuple else (result,)
-        flat = []
+        flat: list[Any] = []
         for item in items:
             if isinstance(item, (list, tuple)):
                 self.out_lengths.append(len(item))
@@ -126,13 +127,6 @@ class _Call:
         return grouped
 
 
-@contextlib.contextmanager
-def _below_autograd() -> Iterator[None]:
-    below = getattr(torch._C, "_AutoDispatchBelowAutograd", None)
-    with (below() if below is not None else torch.no_grad()):
-        yield
-
-
 def _same_values(before: torch.Tensor, after: torch.Tensor) -> bool:
     if before.shape != after.shape or before.dtype != after.dtype:
         return False
@@ -157,10 +151,8 @@ def _saved_tensors(ctx: Any, legacy_saved: Any = None) -> list[tuple[str, Any]]:
     if legacy_saved is not None:  # the legacy kernel keeps everything in ``saved``
         return _legacy_saved_labels(legacy_saved, "saved")
     found: list[tuple[str, Any]] = []
-    try:
+    with contextlib.suppress(RuntimeError):  # freed by an earlier backward: the backward will say so itself
         found += [(f"ctx.saved_tensors[{k}]", t) for k, t in enumerate(ctx.saved_tensors)]
-    except RuntimeError:  # freed by an earlier backward: the backward will say so itself
-        pass
     for key, value in vars(ctx).items() if hasattr(ctx, "__dict__") else ():
         if key.startswith(_CTX_PREFIX):
             continue
@@ -230,7 +222,7 @@ class GradientCheckingKernel:
         for name in names:
             value = bound[name]
             flat.extend(value) if name in call.list_lengths else flat.append(value)
-        outputs = self.function.apply(*flat, call)
+        outputs = self.function.apply(*flat, call)  # type: ignore[attr-defined]  # an autograd.Function subclass
         items = call.unflatten(outputs)
         return tuple(items) if call.out_tuple else items[0]
 
@@ -244,7 +236,7 @@ class GradientCheckingKernel:
             call: _Call = flat[-1]
             bound = call.rebuild(flat[:-1])
             args, kwargs = op.split_bound(bound)
-            with _below_autograd():
+            with below_autograd():
                 result = op.overload(*args, **kwargs)
                 ctx._customop_call = call
                 if legacy:
@@ -267,6 +259,7 @@ class GradientCheckingKernel:
     def _legacy_setup(self, ctx: Any, bound: Mapping[str, Any], result: Any) -> None:
         ctx.set_materialize_grads(True)
         inputs = _legacy_inputs(self.op, bound)
+        assert self.source.setup_context is not None  # a legacy op has save_for_backward
         saved = self.source.setup_context(inputs, result)  # save_for_backward(inputs, output)
         save_pytree(ctx, saved)
         differentiability = self.source.output_differentiability
@@ -350,11 +343,4 @@ def call_through_kernel(op: ResolvedOp, args: tuple, kwargs: Mapping[str, Any], 
 def _transforming() -> bool:
     """True under torch.func transforms or torch.compile tracing, which need an ``autograd.Function``
     with ``setup_context`` / a traceable one: there the op is called as registered."""
-    compiler = getattr(torch, "compiler", None)
-    if compiler is not None and getattr(compiler, "is_compiling", lambda: False)():
-        return True
-    try:
-        from torch._C._functorch import peek_interpreter_stack
-    except ImportError:
-        return False
-    return peek_interpreter_stack() is not None
+    return transforming()

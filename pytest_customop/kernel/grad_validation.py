@@ -66,7 +66,7 @@ class TensorMeta:
     layout: torch.layout
 
     @classmethod
-    def of(cls, t: torch.Tensor) -> "TensorMeta":
+    def of(cls, t: torch.Tensor) -> TensorMeta:
         return cls(tuple(t.shape), t.dtype, t.device, t.layout)
 
 

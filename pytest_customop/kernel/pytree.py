@@ -6,6 +6,8 @@ from typing import Any
 
 import torch
 
+from ..torch_internals import tree_flatten, tree_unflatten
+
 __all__ = ["save_pytree", "unpack_pytree"]
 
 
@@ -18,9 +20,7 @@ def _flatten(result: Any) -> list[Any]:
 def save_pytree(ctx: Any, value: Any) -> None:
     """Save any nesting of tensors and other values on ``ctx`` (tensors through
     ``ctx.save_for_backward``), as the legacy kernel did; :func:`unpack_pytree` gives it back."""
-    from torch.utils import _pytree as pytree
-
-    flat, spec = pytree.tree_flatten(value)
+    flat, spec = tree_flatten(value)
     is_tensor = [isinstance(v, torch.Tensor) for v in flat]
     ctx.save_for_backward(*[v for v, t in zip(flat, is_tensor) if t])
     ctx._customop_saved = (spec, [None if t else v for v, t in zip(flat, is_tensor)], is_tensor)
@@ -28,8 +28,6 @@ def save_pytree(ctx: Any, value: Any) -> None:
 
 def unpack_pytree(ctx: Any) -> Any:
     """What :func:`save_pytree` saved."""
-    from torch.utils import _pytree as pytree
-
     spec, others, is_tensor = ctx._customop_saved
     tensors = iter(ctx.saved_tensors)
-    return pytree.tree_unflatten([next(tensors) if t else v for v, t in zip(others, is_tensor)], spec)
+    return tree_unflatten([next(tensors) if t else v for v, t in zip(others, is_tensor)], spec)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
+from ..torch_internals import all_op_names, custom_op_backward, custom_op_defs, has_kernel, legacy_custom_ops, legacy_impl
 
 __all__ = ["has_autograd_formula", "namespace_ops"]
 
@@ -20,30 +20,19 @@ _AUTOGRAD_KEYS = ("Autograd", "AutogradCPU", "AutogradCUDA", "AutogradXPU", "Aut
 def _registered_overloads(namespace: str) -> list[str]:
     """``ns::op`` (default overload) and ``ns::op.overload`` names, as ``ResolvedOp.name`` spells them."""
     prefix = f"{namespace}::"
-    return sorted({name for name in torch._C._dispatch_get_all_op_names() if name.startswith(prefix)})
+    return sorted({name for name in all_op_names() if name.startswith(prefix)})
 
 
 def _custom_op_def(qualname: str) -> Any:
-    try:
-        from torch._library.custom_ops import OPDEFS
-    except ImportError:
-        return None
-    return OPDEFS.get(qualname)
+    return custom_op_defs().get(qualname)
 
 
 def _legacy_op(qualname: str) -> Any:
-    try:
-        from torch._custom_op.impl import global_registry
-    except ImportError:
-        return None
-    return global_registry.get(qualname)
+    return legacy_custom_ops().get(qualname)
 
 
 def _has_kernel(name: str, key: str) -> bool:
-    try:
-        return bool(torch._C._dispatch_has_kernel_for_dispatch_key(name, key))
-    except RuntimeError:  # a key this torch build does not know
-        return False
+    return has_kernel(name, key)
 
 
 def has_autograd_formula(name: str) -> bool:
@@ -57,11 +46,11 @@ def has_autograd_formula(name: str) -> bool:
     qualname, _, overload = name.partition(".")
     if not overload:
         custom = _custom_op_def(qualname)
-        if custom is not None and hasattr(custom, "_backward_fn"):
-            return custom._backward_fn is not None
+        if custom is not None:
+            return custom_op_backward(custom) is not None
         legacy = _legacy_op(qualname)
-        if legacy is not None and hasattr(legacy, "_has_impl"):
-            return bool(legacy._has_impl("backward"))
+        if legacy is not None:
+            return legacy_impl(legacy, "backward") is not None
     return any(_has_kernel(name, key) for key in _AUTOGRAD_KEYS)
 
 

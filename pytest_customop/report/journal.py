@@ -17,6 +17,7 @@ Pure data and files: no pytest, no torch.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from typing import IO, Any, Optional
@@ -67,7 +68,7 @@ class Journal:
         try:
             if self._stream is None:
                 os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-                self._stream = open(self.path, "w", encoding="utf-8")
+                self._stream = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 (open for the whole run)
             # ensure_ascii: any text (a lone surrogate, a control character) is a valid line
             self._stream.write(json.dumps(line, ensure_ascii=True) + "\n")
             self._stream.flush()
@@ -77,10 +78,8 @@ class Journal:
     def close(self, *, remove: bool) -> None:
         """Close the file; ``remove`` it when the reports built from it were all written."""
         if self._stream is not None:
-            try:
+            with contextlib.suppress(OSError):
                 self._stream.close()
-            except OSError:
-                pass
             self._stream = None
         if remove and self.path is not None and self.error is None and os.path.isfile(self.path):
             os.unlink(self.path)

@@ -46,15 +46,13 @@ def _op_name_of(marker: Any) -> Optional[str]:
     op = marker.args[0]
     if isinstance(op, str):
         return op.strip()
-    for attribute in ("_qualname", "_qualified_op_name", "__name__"):
-        value = getattr(op, attribute, None)
-        if isinstance(value, str) and "::" in value:
-            return value
-    schema = getattr(op, "_schema", None)
-    if schema is not None:
-        overload = getattr(op, "_overloadname", "default")
-        return schema.name if overload in ("default", "") else f"{schema.name}.{overload}"
-    return None
+    from ..torch_internals import op_object_name
+
+    name = op_object_name(op)
+    if name is not None:
+        return name[: -len(".default")] if name.endswith(".default") else name
+    value = getattr(op, "__name__", None)
+    return value if isinstance(value, str) and "::" in value else None
 
 
 def item_meta(session: CustomOpSession, item: pytest.Item) -> Optional[dict]:
@@ -72,7 +70,7 @@ def item_meta(session: CustomOpSession, item: pytest.Item) -> Optional[dict]:
 def _strip_prefix(text: str) -> str:
     for prefix in ("Failed: ", "Skipped: "):
         if text.startswith(prefix):
-            return text[len(prefix):]
+            return text[len(prefix) :]
     return text
 
 
@@ -252,13 +250,12 @@ class ReportPlugin:
         if not self.enabled:
             return
         if hasattr(self.config, "workerinput"):
-            from .coverage import namespace_ops
-
             import torch
 
             from ..devices import available_devices
+            from .coverage import namespace_ops
 
-            self.config.workeroutput[_WORKEROUTPUT_KEY] = {
+            self.config.workeroutput[_WORKEROUTPUT_KEY] = {  # type: ignore[attr-defined]  # set by pytest-xdist
                 "coverage": namespace_ops(self._namespaces(self.items.values())),
                 "torch": str(torch.__version__),
                 "devices": available_devices(),
@@ -277,7 +274,7 @@ class ReportPlugin:
             self.report = self.build()
         except Exception as exc:  # the plugin's own bug: say so, and leave junit.xml and the journal be
             self.journal.close(remove=False)
-            warnings.warn(pytest.PytestWarning(f"pytest-customop: could not build the report: {type(exc).__name__}: {exc}"))
+            warnings.warn(pytest.PytestWarning(f"pytest-customop: could not build the report: {type(exc).__name__}: {exc}"), stacklevel=1)
             return
         for target in self.targets:
             if target.path is None:
@@ -288,14 +285,14 @@ class ReportPlugin:
                 self.not_written.append((target, f"{type(exc).__name__}: {exc}"))
                 warnings.warn(pytest.PytestWarning(
                     f"pytest-customop: could not write the {target.format} report to {target.path}: {type(exc).__name__}: {exc}"
-                ))
+                ), stacklevel=1)
             else:
                 self.written.append(target)
         if self.journal.error:
-            warnings.warn(pytest.PytestWarning(f"pytest-customop: {self.journal.error}"))
+            warnings.warn(pytest.PytestWarning(f"pytest-customop: {self.journal.error}"), stacklevel=1)
         self.journal.close(remove=not self.not_written)
         for warning in self.report.warnings:
-            warnings.warn(pytest.PytestWarning(f"pytest-customop: {warning}"))
+            warnings.warn(pytest.PytestWarning(f"pytest-customop: {warning}"), stacklevel=1)  # about the run, not a line
 
     # -- on the controller ------------------------------------------------------------------------
     def merge_worker(self, worker_id: str, output: Optional[dict]) -> None:

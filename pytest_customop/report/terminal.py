@@ -9,7 +9,6 @@ honoured. Tables wider than the terminal are folded into several tables of fewer
 from __future__ import annotations
 
 import textwrap
-from typing import Optional
 
 from .model import OUTCOMES, Report, Row, column_sort_key, worst
 
@@ -162,8 +161,3 @@ def render(report: Report, width: int) -> list[Line]:
 def _count(rows: list[Row]) -> dict[str, int]:
     outcomes = [row.outcome for row in rows]
     return {outcome: outcomes.count(outcome) for outcome in OUTCOMES if outcome in outcomes}
-
-
-def plain_text(lines: list[Line], end: Optional[str] = "\n") -> str:
-    """The lines without colour (for tests and logs)."""
-    return (end or "").join("".join(text for text, _ in line) for line in lines)
