@@ -274,6 +274,13 @@ def pytest_runtestloop(session: pytest.Session) -> Any:
     return None
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Any:
+    result = yield  # a test that raised is judged by what it raised
+    _session(item.config).flag_unverified(item)
+    return result
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     error = _session(item.config).marker_error_of(item)
