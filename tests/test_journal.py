@@ -102,3 +102,22 @@ def test_double(customop, customop_dtype):
     bad = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--customop-report-from-journal=not_a_journal.txt")
     assert bad.ret == pytest.ExitCode.USAGE_ERROR
     bad.stderr.fnmatch_lines(["*--customop-report-from-journal=not_a_journal.txt: *not_a_journal.txt*not a*journal*"])
+
+
+def test_under_xdist_the_controller_journals_and_every_item_is_reported(pytester: pytest.Pytester, ns: str, run) -> None:
+    pytester.makepyfile(double_op(ns) + f'''
+
+@pytest.mark.customop(double, samples=samples, dtypes={DTYPES}, checks={CHECKS})
+def test_double(customop, customop_dtype):
+    if customop_dtype == torch.float64 and customop.check_name == "gradcheck":
+        pytest.fail("the failure -x stops at")
+    customop.check()
+''')
+    result = run("-n", "2", "-x", "--customop-report=json:report.json")
+    assert result.ret != 0
+    rows = _results(pytester.path / "report.json")
+    assert len(rows) == 4  # the failure, what ran before -x stopped the workers, and the rest as not run
+    assert rows["cpu-float64-gradcheck"]["outcome"] == "failed"
+    not_run = [row for row in rows.values() if row["message"].startswith("not run")]
+    assert all(row["outcome"] == "skipped" and "stopping after 1 failures" in row["message"] for row in not_run), rows
+    assert not (pytester.path / "report.json.journal").exists()
