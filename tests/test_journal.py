@@ -121,3 +121,23 @@ def test_double(customop, customop_dtype):
     not_run = [row for row in rows.values() if row["message"].startswith("not run")]
     assert all(row["outcome"] == "skipped" and "stopping after 1 failures" in row["message"] for row in not_run), rows
     assert not (pytester.path / "report.json.journal").exists()
+
+
+def test_a_journal_cut_short_mid_line_is_read_up_to_its_last_whole_line(tmp_path) -> None:
+    from pytest_customop.report.journal import Journal, JournalError, is_journal, parse_journal, report_from_journal_text
+
+    path = str(tmp_path / "report.json.journal")
+    journal = Journal(path, {"seed": 5, "torch": "2.13.0"})
+    meta = {"op": "ns::norm", "check": "gradcheck", "device": "cpu", "dtype": "float64"}
+    journal.record("items", items={"t.py::a[x]": meta, "t.py::b[x]": meta})
+    journal.record("start", nodeid="t.py::a[x]")
+    journal.record("result", nodeid="t.py::a[x]", **meta, outcome="passed", message="", duration_s=0.5, samples=None)
+    journal.record("start", nodeid="t.py::b[x]")
+    journal.close(remove=False)
+    text = open(path).read() + '{"kind": "result", "nodeid": "t.py::b'  # the process died writing this line
+    assert is_journal(text[:4096]) and not is_journal('{"version": 1, "results": []}')
+    report = report_from_journal_text(path, text)
+    assert [(r.nodeid, r.outcome) for r in report.rows] == [("t.py::a[x]", "passed"), ("t.py::b[x]", "error")]
+    assert report.seed == 5 and report.torch == "2.13.0"
+    with pytest.raises(JournalError, match=r"report.json.journal:2: not a JSON line"):
+        parse_journal(text.replace('"kind": "items"', "oops", 1), path)

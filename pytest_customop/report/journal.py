@@ -24,7 +24,18 @@ from typing import IO, Any, Optional
 
 from .model import NamespaceCoverage, Report, Row
 
-__all__ = ["JOURNAL_KIND", "JOURNAL_VERSION", "Journal", "JournalError", "build_report", "journal_path_for", "read_journal"]
+__all__ = [
+    "JOURNAL_KIND",
+    "JOURNAL_VERSION",
+    "Journal",
+    "JournalError",
+    "build_report",
+    "is_journal",
+    "journal_path_for",
+    "parse_journal",
+    "read_journal",
+    "report_from_journal_text",
+]
 
 JOURNAL_KIND = "pytest-customop-journal"
 #: Version of the journal's lines; raised when a field changes meaning or disappears.
@@ -85,14 +96,32 @@ class Journal:
             os.unlink(self.path)
 
 
+def is_journal(head: str) -> bool:
+    """Whether a file whose first characters are ``head`` is a journal (for ``pytest-customop merge``'s
+    readers, before the JSON report's: both start with ``{``)."""
+    first = head.lstrip().split("\n", 1)[0]
+    return first.startswith("{") and f'"journal": "{JOURNAL_KIND}"' in first
+
+
+def report_from_journal_text(path: str, text: str) -> Report:
+    """The report of the journal ``text`` read from ``path`` (what ``--customop-report-from-journal`` writes)."""
+    return build_report(parse_journal(text, path), source=path)
+
+
 def read_journal(path: str) -> list[dict[str, Any]]:
-    """The records of the journal at ``path``. A last line cut short (the process died while writing
-    it) is left out; any other bad line is a :class:`JournalError` naming the line."""
+    """The records of the journal at ``path`` (see :func:`parse_journal`)."""
     try:
         with open(path, encoding="utf-8", errors="surrogateescape") as stream:
-            lines = stream.read().split("\n")
+            text = stream.read()
     except OSError as exc:
         raise JournalError(f"cannot read the journal {path}: {exc}") from None
+    return parse_journal(text, path)
+
+
+def parse_journal(text: str, path: str) -> list[dict[str, Any]]:
+    """The records of a journal's ``text``. A last line cut short (the process died while writing it)
+    is left out; any other bad line is a :class:`JournalError` naming ``path`` and the line."""
+    lines = text.split("\n")
     records = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
