@@ -1,5 +1,7 @@
 """Real custom ops, one per registration style, with correct backwards: the plugin's bundled example."""
 
+from typing import List
+
 import torch
 from torch import Tensor
 
@@ -69,7 +71,7 @@ torch.library.register_autograd("examples::softplus", _softplus_backward, setup_
 
 # A Tensor[] input: a weighted sum of a list of tensors.
 @torch.library.custom_op("examples::weighted_sum", mutates_args=())
-def weighted_sum(tensors: list[Tensor], weights: Tensor) -> Tensor:
+def weighted_sum(tensors: List[Tensor], weights: Tensor) -> Tensor:  # noqa: UP006 (torch < 2.7 refuses list[Tensor])
     if weights.shape != (len(tensors),):
         raise ValueError(f"weights must have shape ({len(tensors)},), got {tuple(weights.shape)}")
     return sum(w * t for w, t in zip(weights, tensors))
