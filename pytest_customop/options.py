@@ -78,8 +78,7 @@ class Option:
 
     @property
     def ini_type(self) -> Literal["bool", "string"]:
-        # flags too: parsed here, so that a bad value names its ini key (pytest's "bool" would not)
-        return "string"
+        return "bool" if self.is_flag else "string"
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -183,7 +182,10 @@ def resolve_settings(cli: Mapping[str, Any], env: Mapping[str, str], ini: Callab
         if raw in (None, False):
             raw, source = env.get(option.env), f"environment variable {option.env}"
         if raw in (None, ""):
-            raw, source = ini(option.ini), f"ini key {option.ini}"
+            try:
+                raw, source = ini(option.ini), f"ini key {option.ini}"
+            except Exception as exc:  # pytest's "bool" parsing (a ValueError or UsageError) names no key: say which
+                raise SettingsError(f"ini key {option.ini}: {exc}; allowed: true or false (also 1/0, yes/no, on/off)") from None
         if raw in (None, "", [], False):
             values[option.dest] = option.default
             continue

@@ -14,7 +14,7 @@ from report_suite import double_op
         ([], {"CUSTOMOP_DEVICES": "cpu,cuda:x"}, "", "*environment variable CUSTOMOP_DEVICES='cpu,cuda:x': unknown device 'cuda:x'*"),
         ([], {}, "customop_devices = cpu,cpu", "*ini key customop_devices='cpu,cpu': cpu given more than once; name each once*"),
         (["--customop-checks=gradcheck,gradcheck"], {}, "", "*--customop-checks='gradcheck,gradcheck': gradcheck given more than once*"),
-        ([], {}, "customop_full_jacobian = maybe", "*ini key customop_full_jacobian='maybe': expected true or false*"),
+        ([], {}, "customop_full_jacobian = maybe", "*ini key customop_full_jacobian: invalid truth value 'maybe'; allowed: true or false*"),
     ],
     ids=["flag-device", "env-device", "ini-duplicate", "flag-duplicate-check", "ini-boolean"],
 )
