@@ -161,7 +161,7 @@ def build_report(records: list[dict[str, Any]], *, torch: Optional[str] = None, 
     started: set[str] = set()
     coverage: dict[str, dict[str, list[str]]] = {}
     warnings: list[str] = []
-    environment = {"torch": header.get("torch") or torch or "?", "devices": list(header.get("devices") or devices or [])}
+    environment: dict[str, Any] = {"torch": header.get("torch") or torch or "?", "devices": list(header.get("devices") or devices or [])}
     end: Optional[dict[str, Any]] = None
     for record in records:
         kind = record.get("kind")
@@ -223,7 +223,7 @@ def build_report(records: list[dict[str, Any]], *, torch: Optional[str] = None, 
     return Report(
         torch=str(environment["torch"]),
         seed=int(header.get("seed") or 0),
-        devices=environment["devices"],
+        devices=[str(device) for device in environment["devices"]],
         rows=rows,
         coverage=[
             NamespaceCoverage(ns, found["ops"], [op for op in found["ops"] if op not in tested], found["no_autograd"])
