@@ -6,6 +6,7 @@ allowed; the plugin prefixes the test's node id.
 
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -90,7 +91,8 @@ def _as_list(argument: str, value: Any, allowed: str) -> list[Any]:
 def _number(argument: str, value: Any, *, positive: bool = False) -> Optional[float]:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value < 0 or (positive and value == 0):
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0
+            or (positive and value == 0)):
         raise MarkerError(argument, value, "a positive number" if positive else "a number >= 0")
     return float(value)
 
@@ -101,11 +103,21 @@ def _optional_bool(argument: str, value: Any) -> Optional[bool]:
     raise MarkerError(argument, value, "True, False or None")
 
 
-def _expectations(argument: str, value: Any, kind: type) -> tuple[Any, ...]:
+def _expectations(argument: str, value: Any, kind: type, known_checks: Sequence[str]) -> tuple[Any, ...]:
     items = [value] if isinstance(value, kind) else value
     if not isinstance(items, (list, tuple)) or not all(isinstance(v, kind) for v in items):
         raise MarkerError(argument, value, f"a list of pytest_customop.{kind.__name__}(reason, checks=, dtypes=, devices=)")
     for item in items:
+        problem = item.field_problem(known_checks)
+        if problem is None and item.devices is not None:
+            for device in item.devices:
+                try:
+                    parse_device(device)
+                except ValueError as exc:
+                    problem = f"devices= {exc}; allowed: device strings like 'cpu', 'cuda', 'cuda:1'"
+                    break
+        if problem is not None:
+            raise MarkerError(argument, item, problem=problem)
         if item.dtypes is not None:
             try:
                 object.__setattr__(item, "dtypes", tuple(parse_dtype(d) for d in item.dtypes))
@@ -143,6 +155,7 @@ def parse_marker(
     kwargs: Mapping[str, Any],
     *,
     known_checks: Sequence[str],
+    known_options: Optional[Mapping[str, Optional[Sequence[str]]]] = None,
 ) -> CustomOpSpec:
     """Validate the marker's arguments. Raises :class:`MarkerError`.
 
@@ -211,6 +224,14 @@ def parse_marker(
     for name in options:
         if name not in known_checks:
             raise MarkerError("options", name, f"check names: {', '.join(known_checks)}")
+        accepted = (known_options or {}).get(name)
+        unknown_keys = [key for key in options[name] if accepted is not None and key not in accepted]
+        if unknown_keys:
+            raise MarkerError(
+                "options", {name: options[name]},
+                problem=f"check {name!r} takes no option {', '.join(map(repr, unknown_keys))}; "
+                f"it takes: {', '.join(accepted) if accepted else 'none'}",
+            )
 
     return CustomOpSpec(
         op=op,
@@ -227,8 +248,8 @@ def parse_marker(
         nondet_tol=_number("nondet_tol", kwargs.get("nondet_tol", 0.0)) or 0.0,
         supports_gradgrad=_optional_bool("supports_gradgrad", kwargs.get("supports_gradgrad")),
         supports_forward_ad=_optional_bool("supports_forward_ad", kwargs.get("supports_forward_ad")),
-        xfails=_expectations("xfails", kwargs.get("xfails", ()), XFail),
-        skips=_expectations("skips", kwargs.get("skips", ()), Skip),
+        xfails=_expectations("xfails", kwargs.get("xfails", ()), XFail, known_checks),
+        skips=_expectations("skips", kwargs.get("skips", ()), Skip, known_checks),
         options={k: dict(v) for k, v in options.items()},
         derived_samples=derived_samples,
     )

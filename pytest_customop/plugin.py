@@ -85,6 +85,24 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="report which op passed which check on which device and dtype. Bare: a table per op after "
         "the run; FORMAT:PATH (repeatable) writes json, md or html to PATH.",
     )
+    group.addoption(
+        "--customop-report-from-journal",
+        default=None,
+        dest="customop_report_from_journal",
+        metavar="JOURNAL",
+        help="run nothing: write the --customop-report reports of the run whose journal is JOURNAL (the "
+        "<report>.journal file a run that never finished leaves beside its first report file).",
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> Any:
+    journal = config.getoption("customop_report_from_journal")
+    if journal is None:
+        return None
+    from .report.rebuild import rebuild_from_journal
+
+    return rebuild_from_journal(config, journal)
 
 
 def _session(config: pytest.Config) -> CustomOpSession:
@@ -133,12 +151,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _configure_report(session: CustomOpSession) -> None:
-    from .report.formats import TargetError, parse_target
+    from .report.formats import TargetError, parse_targets
     from .report.session import ReportPlugin, XdistReportHooks
 
     config = session.config
     try:
-        targets = [parse_target(value, str(config.invocation_params.dir)) for value in config.getoption("customop_report") or []]
+        targets = parse_targets(config.getoption("customop_report") or [], str(config.invocation_params.dir))
     except TargetError as exc:
         raise pytest.UsageError(f"pytest-customop: {exc}") from None
     report = ReportPlugin(session, targets)
@@ -230,6 +248,13 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
     state = _session(metafunc.config)
     nodeid = metafunc.definition.nodeid
+    stacked = list(metafunc.definition.iter_markers("customop"))
+    if len(stacked) > 1:
+        state.marker_errors[nodeid] = (
+            f"{nodeid}: has {len(stacked)} @pytest.mark.customop markers (on the test, its class or its module); "
+            "one test verifies one op: write one test per op, each with one customop marker"
+        )
+        return
     if "_customop_case" not in metafunc.fixturenames:
         state.marker_errors[nodeid] = (
             f"{nodeid}: has @pytest.mark.customop but requests none of the fixtures customop, "
@@ -239,7 +264,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     registry = state.registry
     try:
-        spec = parse_marker(marker.args, marker.kwargs, known_checks=registry.names())
+        known_options = {name: getattr(registry[name], "options_accepted", None) for name in registry.names()}
+        spec = parse_marker(marker.args, marker.kwargs, known_checks=registry.names(), known_options=known_options)
     except MarkerError as exc:
         state.marker_errors[nodeid] = f"{nodeid}: {exc}"
         return
@@ -276,6 +302,13 @@ def pytest_runtestloop(session: pytest.Session) -> Any:
     if session.config.getoption("customop_list"):
         return True  # listed in pytest_collection_finish; nothing runs
     return None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Any:
+    result = yield  # a test that raised is judged by what it raised
+    _session(item.config).flag_unverified(item)
+    return result
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -151,6 +151,9 @@ class Check:
     description: str = ""
     #: Run by markers that do not list their checks.
     default: bool = True
+    #: The keys this check reads from the marker's ``options={name: {...}}``; others are a marker
+    #: error. None: not declared, any key is accepted (a project's own check that says nothing).
+    options_accepted: Optional[tuple[str, ...]] = None
 
     def not_applicable(self, op: "ResolvedOp", spec: "CustomOpSpec") -> Optional[str]:
         """At collection: the reason this check cannot apply to ``op``, or None when it can."""

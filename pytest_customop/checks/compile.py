@@ -114,6 +114,7 @@ class CompileCheck(Check):
     """
 
     name = "compile"
+    options_accepted = ("backends", "fullgraph", "dynamic")
     description = "forward and backward under torch.compile(fullgraph=True) agree with eager"
 
     def not_applicable(self, op: Any, spec: Any) -> Optional[str]:

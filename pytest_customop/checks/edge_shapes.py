@@ -83,6 +83,7 @@ class EdgeShapesCheck(Check):
     """
 
     name = "edge_shapes"
+    options_accepted = ("max_derived", "strict", "isolate")
     description = "backward on zero-size, size-1, 0-dim and broadcast samples derived from the given ones"
 
     def not_applicable(self, op: Any, spec: Any) -> Optional[str]:

@@ -88,6 +88,7 @@ class OpCheck(Check):
     """
 
     name = "opcheck"
+    options_accepted = ("test_utils",)
     description = "torch.library.opcheck: schema, autograd registration, fake kernel, AOT dispatch"
 
     def not_applicable(self, op: Any, spec: Any) -> Optional[str]:

@@ -73,6 +73,7 @@ class RequiresGradSubsetsCheck(Check):
 
     name = "requires_grad_subsets"
     description = "gradients stay right when only some inputs require grad (each alone, all but each)"
+    options_accepted = ("isolate",)
 
     def not_applicable(self, op: Any, spec: Any) -> Optional[str]:
         reason = gradient_check_not_applicable(op)
