@@ -5,6 +5,8 @@ import pytest
 import torch
 
 pytest.importorskip("triton", reason="the Triton example needs triton: pip install 'pytest-customop[triton]'")
+if not hasattr(torch.library, "triton_op"):
+    pytest.skip(f"torch.library.triton_op needs torch >= 2.6 (this is {torch.__version__})", allow_module_level=True)
 
 import triton_ops  # after the skip: it imports triton
 
