@@ -34,6 +34,7 @@ from ..differentiation import (
     worst_mismatch,
 )
 from ..dtypes import Tolerance, dtype_id, is_reference_precision, reference_dtype
+from ..precision import ladder, loss_function, loss_rounding, prove_directional
 from ._support import gradient_samples
 from .base import Check, CheckContext, CheckResult, Finding, format_user_traceback
 
@@ -201,6 +202,8 @@ class _GradientCheck(Check):
             except _Refused as refusal:
                 refusals.append(f"sample {index}: {refusal}")
                 continue
+            except _NoReference as missing:
+                return ctx.skipped(str(missing), total=prepared.total, notes=notes)
             checked += 1
             findings.extend(problems)
         if refusals and not findings:
@@ -249,7 +252,7 @@ class _GradientCheck(Check):
                 raise _Refused("its backward is marked @once_differentiable")
         if is_reference_precision(ctx.dtype):
             return self._against_finite_differences(ctx, call, leaves, outputs, mask, index, notes)
-        return self._against_reference_dtype(ctx, call, leaves, outputs, mask, index)
+        return self._against_reference_dtype(ctx, call, leaves, outputs, mask, index, notes)
 
     def _against_finite_differences(
         self,
@@ -465,27 +468,52 @@ class _GradientCheck(Check):
         return "\n(slow-mode gradcheck with full Jacobians passes: the disagreement is small or along few directions)"
 
     def _against_reference_dtype(
-        self, ctx: CheckContext, call: OpCall, leaves: list[torch.Tensor], outputs: list[Any], mask: list[bool], index: int
+        self,
+        ctx: CheckContext,
+        call: OpCall,
+        leaves: list[torch.Tensor],
+        outputs: list[Any],
+        mask: list[bool],
+        index: int,
+        notes: list[str],
     ) -> list[Finding]:
-        ref_dtype = reference_dtype(ctx.dtype)
-        reference = call.with_dtype(ref_dtype)
+        """A low-precision item: the op's derivatives at this dtype against reference derivatives of the
+        same input values at the highest precision the op runs at (the precision ladder), which are
+        themselves proven against finite differences there."""
         generator = ctx.generator(index)
         try:
             # The forward already run on these leaves is reused: a low-precision check is ~1 ms.
             got = self._derivatives(call, leaves, mask, generator, weights=None, outputs=outputs)
-            expected = self._derivatives(reference, reference.leaves(), mask, generator=None, weights=got[1])
         except _Refused:
             raise
         except Exception as exc:
             if self.order == 2 and refuses_double_backward(exc):
                 raise _Refused(_first_lines(str(exc), 1)) from None
             return [Finding(index, f"backward raised {format_user_traceback(exc)}")]
+        found = self._reference_derivatives(ctx, call, mask, got, index)
+        if isinstance(found, str):
+            raise _NoReference(found)
+        ref_dtype, reference, expected, declined = found
+        note = _reference_note(ref_dtype, ctx.dtype, declined)
+        if note not in notes:
+            notes.append(note)
+        what = "gradient" if self.order == 1 else "second derivative"
+        proof = self._prove(ctx, reference, mask, expected, ref_dtype, index)
+        if proof is not None:
+            label, name, detail = proof
+            return [Finding(
+                index,
+                f"{what} of input {label} is wrong at {dtype_id(ref_dtype)}, the reference precision, so at "
+                f"every precision: {detail} [{note}]",
+                input_name=name,
+            )]
+        if ref_dtype == ctx.dtype:
+            return []  # the item's own derivatives are the reference, just proven
         findings = []
         tol = ctx.tolerance
-        labels = [s.label for s in call.slots] + [f"grad_output[{k}]" for k in range(len(got[1]))]
-        names = [s.name for s in call.slots] + [None] * len(got[1])
-        what = "gradient" if self.order == 1 else "second derivative"
-        for label, name, g, e in zip(labels, names, got[0], expected[0]):
+        labels = [s.label for s in call.slots] + [f"grad_output[{k}]" for k in range(len(got.weights))]
+        names = [s.name for s in call.slots] + [None] * len(got.weights)
+        for label, name, g, e in zip(labels, names, got.grads, expected.grads):
             mismatch = worst_mismatch(g, e, tol)
             if mismatch is not None:
                 findings.append(
@@ -493,11 +521,114 @@ class _GradientCheck(Check):
                         index,
                         f"{what} of input {label} at {dtype_id(ctx.dtype)} differs from the {dtype_id(ref_dtype)} "
                         f"{what} of the same input values: "
-                        + mismatch.describe(dtype_id(ref_dtype), dtype_id(ctx.dtype)),
+                        + mismatch.describe(dtype_id(ref_dtype), dtype_id(ctx.dtype))
+                        + f" [{note}]",
                         input_name=name,
                     )
                 )
         return findings[:1] if findings else []
+
+    def _reference_derivatives(
+        self, ctx: CheckContext, call: OpCall, mask: Sequence[bool], got: "_Derivatives", index: int
+    ) -> "tuple[torch.dtype, OpCall, _Derivatives, list[str]] | str":
+        """Climb down the precision ladder from the highest rung the op accepted before (kept in
+        ``ctx.cache``, per op and device): (reference dtype, the sample at it, its derivatives with the
+        item's grad_outputs, what higher rungs raised), or the skip reason when no rung works."""
+        key = ("reference precision", ctx.op.name, ctx.device, ctx.dtype.is_complex)
+        rungs = list(ladder(ctx.dtype))
+        known = ctx.cache.get(key)
+        declined: list[str] = list(ctx.cache.get(key + ("declined",), []))
+        if known in rungs:
+            rungs = rungs[rungs.index(known):]
+        for ref_dtype in rungs:
+            if ref_dtype == ctx.dtype:
+                ctx.cache[key] = ref_dtype
+                return ref_dtype, call, got, declined
+            reference = call.with_dtype(ref_dtype)
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    expected = self._derivatives(reference, reference.leaves(), mask, generator=None, weights=got.weights)
+            except _Refused:
+                raise
+            except Exception as exc:  # the plugin's probe at a precision the op may not support
+                if self.order == 2 and refuses_double_backward(exc):
+                    raise _Refused(_first_lines(str(exc), 1)) from None
+                refusal = f"{dtype_id(ref_dtype)}: {type(exc).__name__}: {_first_lines(str(exc), 1)}"
+                if refusal not in declined:
+                    declined.append(refusal)
+                ctx.cache[key + ("declined",)] = declined
+                continue
+            ctx.cache[key] = ref_dtype
+            return ref_dtype, reference, expected, declined
+        return (
+            f"no precision at or above {dtype_id(ctx.dtype)} where finite differences mean something runs "
+            f"{ctx.op.name} ({'; '.join(declined)}), so its gradients cannot be proven here: give the marker "
+            "reference=fn, a plain PyTorch function with the op's signature, whose float64 autograd they are "
+            "then compared with"
+        )
+
+    def _prove(
+        self, ctx: CheckContext, reference: OpCall, mask: Sequence[bool], derivatives: "_Derivatives",
+        ref_dtype: torch.dtype, index: int,
+    ) -> Optional[tuple[str, Optional[str], str]]:
+        """Prove the reference derivatives against central differences at their precision, along one
+        random direction moving every input at once; when that fails, input by input, to name one
+        (an input is blamed only when its own direction fails too). None when proven."""
+        generator = ctx.generator(10_000 + index)
+        leaves = derivatives.leaves
+        if self.order == 1:
+            inputs = list(leaves)
+            loss_of = loss_function(reference.function(mask), derivatives.weights)
+            grads = list(derivatives.grads)
+            labels = [s.label for s in reference.slots]
+            names: list[Optional[str]] = [s.name for s in reference.slots]
+            rounding = loss_rounding(derivatives.outputs, derivatives.weights)
+        else:
+            if not derivatives.live:
+                return None
+            inputs = [*leaves, *derivatives.weights]
+            loss_of = _first_derivative_loss(reference, mask, len(leaves), derivatives.live, derivatives.directions)
+            grads = list(derivatives.grads)
+            labels = [s.label for s in reference.slots] + [f"grad_output[{k}]" for k in range(len(derivatives.weights))]
+            names = [s.name for s in reference.slots] + [None] * len(derivatives.weights)
+            rounding = loss_rounding(derivatives.first_live, derivatives.directions)
+        eps = ctx.spec.eps
+        directions = [random_like(x.detach(), generator) for x in inputs]
+        try:
+            joint = prove_directional(loss_of, inputs, grads, directions, rounding, ref_dtype, eps, ctx.tolerance.rtol)
+        except Exception:  # a forward that fails a step away: nothing proven, nothing to blame
+            return None
+        if joint.holds:
+            return None
+        try:
+            noise = abs(loss_of(inputs) - loss_of(inputs))
+        except Exception:
+            noise = 0.0
+        if noise > 0:
+            # A nondeterministic function (atomic adds, a noisy backward): differences over a step
+            # 1000x larger see through its noise; what is left of the disagreement is the op's.
+            noisy_proof = prove_directional(
+                loss_of, inputs, grads, directions, rounding, ref_dtype, eps, ctx.tolerance.rtol, noise=noise, widen=1000.0
+            )
+            if noisy_proof.holds:
+                return None
+        for position in range(len(inputs)):
+            alone = [d if k == position else None for k, d in enumerate(directions)]
+            own = [random_like(inputs[position].detach(), generator) if k == position else None for k in range(len(inputs))]
+            try:
+                proofs = [
+                    prove_directional(loss_of, inputs, grads, way, rounding, ref_dtype, eps, ctx.tolerance.rtol)
+                    for way in (alone, own)
+                ]
+            except Exception:
+                continue
+            if not any(p.holds for p in proofs):
+                detail = proofs[0].describe()
+                if grads[position] is None:
+                    detail += "; backward returned None for it (taken as zeros)"
+                return labels[position], names[position], detail
+        return None
 
     def _derivatives(
         self,
@@ -507,8 +638,8 @@ class _GradientCheck(Check):
         generator: Optional[torch.Generator],
         weights: Optional[list[torch.Tensor]],
         outputs: Optional[list[Any]] = None,
-    ) -> tuple[list[Optional[torch.Tensor]], list[torch.Tensor]]:
-        """First (or second) derivatives with respect to each input, and the weights used.
+    ) -> "_Derivatives":
+        """First (or second) derivatives with respect to each input, and what was used to get them.
 
         With ``weights`` given (the low-precision run's, converted) the same directions are reused;
         ``outputs``, the op's outputs on ``leaves`` with their graph, saves a forward when given."""
@@ -522,20 +653,85 @@ class _GradientCheck(Check):
             else:
                 weights = [w.detach().to(o.dtype) for w, o in zip(weights, outputs)]
             if self.order == 1:
-                return vjp(outputs, leaves, weights), weights
+                return _Derivatives(vjp(outputs, leaves, weights), weights, leaves, [o.detach() for o in outputs])
             weights = [w.detach().requires_grad_(True) for w in weights]
             first = vjp(outputs, leaves, weights, create_graph=True)
             if _once_differentiable(first):
                 raise _Refused("its backward is marked @once_differentiable")
-            live = [g for g in first if g is not None and g.requires_grad]
+            live = [k for k, g in enumerate(first) if g is not None and g.requires_grad]
+            detached = [w.detach() for w in weights]
             if not live:
-                return [None] * (len(leaves) + len(weights)), weights
+                return _Derivatives([None] * (len(leaves) + len(weights)), detached, leaves, [])
             # Same directions for the low-precision run and its reference: fixed seeds.
-            directions = [random_like(g.detach(), torch.Generator().manual_seed(7 + k)) for k, g in enumerate(live)]
+            directions = [random_like(first[k].detach(), torch.Generator().manual_seed(7 + n)) for n, k in enumerate(live)]
             second = torch.autograd.grad(
-                real_loss(live, directions), [*leaves, *weights], allow_unused=True
+                real_loss([first[k] for k in live], directions), [*leaves, *weights], allow_unused=True
             )
-            return list(second), [w.detach() for w in weights]
+            return _Derivatives(
+                list(second), detached, leaves, [], live=live, directions=directions,
+                first_live=[first[k].detach() for k in live],
+            )
+
+
+class _Derivatives:
+    """What :meth:`_GradientCheck._derivatives` computed: the derivatives (first: one per input; second:
+    one per input and grad_output), the grad_outputs, the leaves, the outputs, and for second order
+    which first derivatives were differentiated along which directions."""
+
+    def __init__(
+        self,
+        grads: list[Optional[torch.Tensor]],
+        weights: list[torch.Tensor],
+        leaves: list[torch.Tensor],
+        outputs: list[torch.Tensor],
+        live: Sequence[int] = (),
+        directions: Sequence[torch.Tensor] = (),
+        first_live: Sequence[torch.Tensor] = (),
+    ) -> None:
+        self.grads = grads
+        self.weights = weights
+        self.leaves = leaves
+        self.outputs = outputs
+        self.live = list(live)
+        self.directions = list(directions)
+        self.first_live = list(first_live)
+
+    def __iter__(self) -> Iterator[Any]:  # (grads, weights), as before
+        return iter((self.grads, self.weights))
+
+    def __getitem__(self, position: int) -> Any:
+        return (self.grads, self.weights)[position]
+
+
+def _first_derivative_loss(
+    call: OpCall, mask: Sequence[bool], count: int, live: Sequence[int], directions: Sequence[torch.Tensor]
+) -> Callable[[Sequence[torch.Tensor]], float]:
+    """``sum_k Re(<d first_k(x, w), directions_k>)`` in float64, as a function of (inputs, grad_outputs):
+    the loss whose gradient the second derivatives are, for finite differences of the backward."""
+    fn = call.function(mask)
+
+    def loss_of(values: Sequence[torch.Tensor]) -> float:
+        xs = [v.detach().requires_grad_(True) for v in values[:count]]
+        ws = [v.detach() for v in values[count:]]
+        with torch.enable_grad():
+            outs = fn(*xs)
+            first = torch.autograd.grad(list(outs), xs, ws, allow_unused=True)
+        terms = [first[k] if first[k] is not None else torch.zeros_like(xs[k]) for k in live]
+        return loss_function(lambda *t: t, directions)(terms)
+
+    return loss_of
+
+
+def _reference_note(ref_dtype: torch.dtype, dtype: torch.dtype, declined: Sequence[str]) -> str:
+    """Which reference an item used, for its message and the report."""
+    why = f" ({'; '.join(declined)})" if declined else ""
+    if ref_dtype == dtype:
+        return f"reference: the op's own {dtype_id(ref_dtype)} derivatives, proven against finite differences in {dtype_id(ref_dtype)}{why}"
+    return f"reference: {dtype_id(ref_dtype)} derivatives of the same input values, proven against finite differences in {dtype_id(ref_dtype)}{why}"
+
+
+class _NoReference(Exception):
+    """No precision of the ladder runs the op (and no ``reference=``): the item is a skip, this its reason."""
 
 
 def _missing_autograd_kernels(caught: Sequence[warnings.WarningMessage]) -> list[str]:
