@@ -298,3 +298,169 @@ def test_wrong(customop):
     count = dtypes.count(",") + 1
     result.assert_outcomes(passed=count, failed=count)
     result.stdout.no_fnmatch_line("*test_right*FAILED*")
+
+
+# -- point 5: ops whose outputs are all integer or bool -----------------------------------------------
+
+INTEGER_OUTPUTS = '''
+@torch.library.custom_op(f"{NS}::top_index", mutates_args=())
+def top_index(scores: Tensor) -> Tensor:
+    return scores.argmax(-1)
+
+@top_index.register_fake
+def _(scores):
+    return scores.new_empty(scores.shape[:-1], dtype=torch.long)
+
+@torch.library.custom_op(f"{NS}::keep_mask", mutates_args=())
+def keep_mask(scores: Tensor, threshold: float) -> Tensor:
+    return scores > threshold
+
+@keep_mask.register_fake
+def _(scores, threshold):
+    return torch.empty_like(scores, dtype=torch.bool)
+
+@torch.library.custom_op(f"{NS}::soft_index", mutates_args=())
+def soft_index(scores: Tensor) -> Tensor:
+    # a float output and no autograd formula: the gradient checks must still fail it
+    return scores.softmax(-1)
+
+@soft_index.register_fake
+def _(scores):
+    return torch.empty_like(scores)
+
+def scores(device, dtype, requires_grad):
+    yield SampleInput(torch.randn(5, 7, device=device, dtype=dtype, requires_grad=requires_grad))
+
+def scores_threshold(device, dtype, requires_grad):
+    yield SampleInput(torch.randn(5, 7, device=device, dtype=dtype, requires_grad=requires_grad), 0.5)
+'''
+
+
+@pytest.mark.parametrize("dtypes", MARKERS)
+def test_ops_with_only_integer_or_bool_outputs_are_not_applicable_for_gradient_checks(pytester, ns, run, dtypes):
+    write(pytester, ns, INTEGER_OUTPUTS + f'''
+GRADIENT_CHECKS = ["gradcheck", "gradgradcheck", "grad_keys"]
+
+@pytest.mark.customop(f"{{NS}}::top_index", samples=scores, devices=["cpu"], dtypes={dtypes}, checks=GRADIENT_CHECKS)
+def test_argmax(customop):
+    customop.check()
+
+@pytest.mark.customop(f"{{NS}}::keep_mask", samples=scores_threshold, devices=["cpu"], dtypes={dtypes},
+                      checks=GRADIENT_CHECKS)
+def test_mask(customop):
+    customop.check()
+
+@pytest.mark.customop(f"{{NS}}::soft_index", samples=scores, devices=["cpu"], dtypes={dtypes},
+                      checks=["gradcheck", "grad_keys"])
+def test_no_formula(customop):
+    customop.check()
+''')
+    result = run("-rs")
+    count = dtypes.count(",") + 1
+    result.assert_outcomes(skipped=6 * count, failed=2 * count)
+    result.stdout.fnmatch_lines([
+        f"SKIPPED * every output of {ns}::top_index is int64: not differentiable, so gradient checks do not apply",
+        f"SKIPPED * every output of {ns}::keep_mask is bool: not differentiable, so gradient checks do not apply",
+    ])
+    result.stdout.fnmatch_lines([f"{ns}::soft_index gradcheck failed on cpu *"])
+    result.stdout.no_fnmatch_line("*top_index * failed*")
+    result.stdout.no_fnmatch_line("*keep_mask * failed*")
+
+
+# -- point 6: gradients asked for only where they exist ------------------------------------------------
+
+MAKE_TENSOR_SAMPLES = '''
+from torch.testing import make_tensor
+
+@torch.library.custom_op(f"{NS}::shift", mutates_args=())
+def shift(x: Tensor, amount: int) -> Tensor:
+    return x + amount
+
+@shift.register_fake
+def _(x, amount):
+    return torch.empty_like(x)
+
+@torch.library.custom_op(f"{NS}::shift_bad_fake", mutates_args=())
+def shift_bad_fake(x: Tensor, amount: int) -> Tensor:
+    return x + amount
+
+@shift_bad_fake.register_fake
+def _(x, amount):
+    return torch.empty_like(x, dtype=torch.float32)  # wrong for integer inputs
+
+def shift_grad(ctx, grad):
+    return grad, None
+
+for _op in (shift, shift_bad_fake):
+    _op.register_autograd(shift_grad)
+
+def shift_samples(device, dtype, requires_grad):
+    # OpInfo-style: make_tensor raises for requires_grad=True at integer dtypes
+    yield SampleInput(make_tensor((3, 4), dtype=dtype, device=device, requires_grad=requires_grad), 2)
+'''
+
+
+def test_opcheck_asks_integer_samples_without_requires_grad_and_finds_fake_kernel_dtype_bugs(pytester, ns, run):
+    write(pytester, ns, MAKE_TENSOR_SAMPLES + '''
+@pytest.mark.customop(f"{NS}::shift", samples=shift_samples, devices=["cpu"],
+                      dtypes=[torch.int64, torch.int32, torch.float32], checks=["opcheck"])
+def test_right(customop):
+    customop.check()
+
+@pytest.mark.customop(f"{NS}::shift_bad_fake", samples=shift_samples, devices=["cpu"],
+                      dtypes=[torch.int64, torch.float32], checks=["opcheck"])
+def test_wrong(customop):
+    customop.check()
+''')
+    result = run("-v")
+    result.assert_outcomes(passed=4, failed=1)
+    result.stdout.fnmatch_lines(["*test_wrong[[]cpu-int64-opcheck[]] FAILED*", "*test_faketensor failed*"])
+    result.stdout.no_fnmatch_line("*requires_grad=True*raised*")
+
+
+BUFFER = '''
+def scale_by_table(x: Tensor, table: Tensor) -> Tensor:
+    # the kernel reads its lookup table as float32 whatever x's dtype
+    if table.dtype != torch.float32:
+        raise RuntimeError(f"scale_by_table: table must be float32, got {table.dtype}")
+    return x * table.to(x.dtype)
+
+def _table_backward(ctx, grad):
+    (table,) = ctx.saved_tensors
+    return grad * table.to(grad.dtype), None
+
+def _table_backward_wrong(ctx, grad):
+    (table,) = ctx.saved_tensors
+    return -grad * table.to(grad.dtype), None
+
+def _save_table(ctx, inputs, output):
+    ctx.save_for_backward(inputs[1])
+
+def with_table(device, dtype, requires_grad):
+    yield SampleInput(torch.randn(4, 6, device=device, dtype=dtype, requires_grad=requires_grad),
+                      torch.rand(6, device=device, dtype=torch.float32) + 0.5)
+'''
+
+
+@pytest.mark.parametrize("dtypes", ["[torch.float16]", *MARKERS[1:]])
+def test_the_reference_keeps_buffers_of_another_dtype(pytester, ns, run, dtypes):
+    write(pytester, ns, BUFFER + f'''
+make_op("table", scale_by_table, _table_backward, save=_save_table)
+make_op("table_wrong", scale_by_table, _table_backward_wrong, save=_save_table)
+
+@pytest.mark.customop(f"{{NS}}::table", samples=with_table, devices=["cpu"], dtypes={dtypes}, checks=["gradcheck"])
+def test_right(customop):
+    customop.check()
+
+@pytest.mark.customop(f"{{NS}}::table_wrong", samples=with_table, devices=["cpu"], dtypes={dtypes},
+                      checks=["gradcheck"])
+def test_wrong(customop):
+    customop.check()
+''')
+    result = run("-v")
+    count = dtypes.count(",") + 1
+    result.assert_outcomes(passed=count, failed=count)
+    # (a float32 item converts the table with x, being of x's dtype: the op refuses, and the ladder steps
+    # down to float32, saying so in the note)
+    result.stdout.no_fnmatch_line("*raised*")
+    result.stdout.no_fnmatch_line("*test_right*FAILED*")

@@ -35,7 +35,7 @@ from ..differentiation import (
 )
 from ..dtypes import Tolerance, dtype_id, is_reference_precision, reference_dtype
 from ..precision import ladder, loss_function, loss_rounding, prove_directional
-from ._support import gradient_samples
+from ._support import gradient_samples, integer_outputs_reason
 from .base import Check, CheckContext, CheckResult, Finding, format_user_traceback
 
 __all__ = ["FiniteDifferenceDiagnosis", "GradCheck", "GradGradCheck", "refuses_double_backward"]
@@ -195,6 +195,7 @@ class _GradientCheck(Check):
         findings: list[Finding] = list(prepared.findings)
         notes: list[str] = []
         refusals: list[str] = []
+        not_differentiable: list[tuple[int, str]] = []
         checked = 0
         for index, call in prepared.calls:
             try:
@@ -204,8 +205,14 @@ class _GradientCheck(Check):
                 continue
             except _NoReference as missing:
                 return ctx.skipped(str(missing), total=prepared.total, notes=notes)
+            except _NotDifferentiable as integer_only:
+                not_differentiable.append((index, str(integer_only)))
+                continue
             checked += 1
             findings.extend(problems)
+        if not_differentiable and not checked and not findings and not refusals:
+            return ctx.skipped(not_differentiable[0][1], total=prepared.total)
+        notes.extend(f"sample {i}: {reason}" for i, reason in not_differentiable)
         if refusals and not findings:
             if ctx.spec.supports_gradgrad:
                 findings = [Finding(None, f"the marker claims supports_gradgrad=True but {r}") for r in refusals]
@@ -230,6 +237,9 @@ class _GradientCheck(Check):
             return [Finding(index, f"forward raised {format_user_traceback(exc)}")]
         mask = call.differentiable_output_mask(outputs)
         if not any(mask):
+            integer_only = integer_outputs_reason(ctx.op, outputs)
+            if integer_only:
+                raise _NotDifferentiable(integer_only)
             inputs = ", ".join(s.label for s in call.slots)
             return [
                 Finding(
@@ -728,6 +738,10 @@ def _reference_note(ref_dtype: torch.dtype, dtype: torch.dtype, declined: Sequen
     if ref_dtype == dtype:
         return f"reference: the op's own {dtype_id(ref_dtype)} derivatives, proven against finite differences in {dtype_id(ref_dtype)}{why}"
     return f"reference: {dtype_id(ref_dtype)} derivatives of the same input values, proven against finite differences in {dtype_id(ref_dtype)}{why}"
+
+
+class _NotDifferentiable(Exception):
+    """Every output of the op is integer or bool on a sample: nothing to differentiate there."""
 
 
 class _NoReference(Exception):
