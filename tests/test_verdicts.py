@@ -464,3 +464,92 @@ def test_wrong(customop):
     # down to float32, saying so in the note)
     result.stdout.no_fnmatch_line("*raised*")
     result.stdout.no_fnmatch_line("*test_right*FAILED*")
+
+
+# -- point 3: reference= -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtypes", MARKERS)
+def test_reference_compares_outputs_and_gradients_with_its_float64_autograd(pytester, ns, run, dtypes):
+    write(pytester, ns, MUL + f'''
+def doubled(x: Tensor, y: Tensor) -> Tensor:
+    return 2 * x * y
+
+def doubled_backward(ctx, grad):
+    gx, gy = mul_backward(ctx, grad)
+    return 2 * gx, 2 * gy
+
+make_op("mul", mul, mul_backward)
+make_op("doubled", doubled, doubled_backward)   # consistent with itself, not with what it claims to be
+
+def reference(x, y):
+    return x * y
+
+@pytest.mark.customop(f"{{NS}}::mul", samples=pairs, devices=["cpu"], dtypes={dtypes},
+                      checks=["gradcheck", "gradgradcheck"], reference=reference)
+def test_right(customop):
+    customop.check()
+
+@pytest.mark.customop(f"{{NS}}::doubled", samples=pairs, devices=["cpu"], dtypes={dtypes}, checks=["gradcheck"],
+                      reference=reference)
+def test_wrong(customop):
+    customop.check()
+''')
+    result = run("-v")
+    count = dtypes.count(",") + 1
+    result.assert_outcomes(passed=2 * count, failed=count)
+    result.stdout.fnmatch_lines([
+        "    output 0 at * differs from the reference= in float64 on the same input values: * element(s) differ; *",
+    ])
+    result.stdout.no_fnmatch_line("*test_right*FAILED*")
+
+
+@pytest.mark.parametrize("check", ["gradcheck", "gradgradcheck"])
+def test_reference_proves_a_bfloat16_only_kernel(pytester, ns, run, check):
+    write(pytester, ns, MUL + NO_FLOAT64.format(supported="(torch.bfloat16,)") + f'''
+def limited_detached(ctx, grad):
+    # right first derivatives through an op without autograd: second derivatives silently lost
+    _kernel_guard(grad)
+    x, y = ctx.saved_tensors
+    with torch.no_grad():
+        gx, gy = grad * y, grad * x
+    return _sum_to(gx, x.shape), _sum_to(gy, y.shape)
+
+make_op("mul", limited, limited_backward)
+make_op("mul_wrong", limited, {"limited_wrong" if check == "gradcheck" else "limited_detached"})
+
+@pytest.mark.customop(f"{{NS}}::mul", samples=pairs, devices=["cpu"], dtypes=[torch.bfloat16], checks=["{check}"],
+                      reference=lambda x, y: x * y)
+def test_right(customop):
+    customop.check()
+
+@pytest.mark.customop(f"{{NS}}::mul_wrong", samples=pairs, devices=["cpu"], dtypes=[torch.bfloat16],
+                      checks=["{check}"], reference=lambda x, y: x * y)
+def test_wrong(customop):
+    customop.check()
+''')
+    result = run("-v")
+    result.assert_outcomes(passed=1, failed=1)
+    what = "gradient" if check == "gradcheck" else "second derivative"
+    result.stdout.fnmatch_lines([
+        f"    {what} of input * at bfloat16 differs from the reference= in float64's autograd {what} of the same input values: *",
+        "  note: reference: the marker's reference= in float64 autograd (no precision runs * for finite differences)",
+    ])
+
+
+def test_a_bad_reference_is_a_marker_error(pytester, ns, run):
+    write(pytester, ns, MUL + '''
+make_op("mul", mul, mul_backward)
+
+@pytest.mark.customop(f"{NS}::mul", samples=pairs, reference="x * y")
+def test_bad(customop):
+    customop.check()
+
+def test_unrelated():
+    pass
+''')
+    result = run()
+    result.assert_outcomes(errors=1, passed=1)
+    result.stdout.fnmatch_lines([
+        "test_ops.py::test_bad: customop marker argument 'reference': got 'x * y'; allowed: a plain PyTorch "
+        "function with the op's signature (OpInfo's ref)*",
+    ])

@@ -261,8 +261,12 @@ class _GradientCheck(Check):
             if _once_differentiable(first):
                 raise _Refused("its backward is marked @once_differentiable")
         if is_reference_precision(ctx.dtype):
-            return self._against_finite_differences(ctx, call, leaves, outputs, mask, index, notes)
-        return self._against_reference_dtype(ctx, call, leaves, outputs, mask, index, notes)
+            findings = self._against_finite_differences(ctx, call, leaves, outputs, mask, index, notes)
+        else:
+            findings = self._against_reference_dtype(ctx, call, leaves, outputs, mask, index, notes)
+        if ctx.spec.reference is not None and not findings:
+            findings = self._against_reference_function(ctx, call, mask, index, notes)
+        return findings
 
     def _against_finite_differences(
         self,
@@ -502,6 +506,11 @@ class _GradientCheck(Check):
             return [Finding(index, f"backward raised {format_user_traceback(exc)}")]
         found = self._reference_derivatives(ctx, call, mask, got, index)
         if isinstance(found, str):
+            if ctx.spec.reference is not None:
+                note = f"reference: the marker's reference= in {dtype_id(reference_dtype(ctx.dtype))} autograd (no precision runs {ctx.op.name} for finite differences)"
+                if note not in notes:
+                    notes.append(note)
+                return []  # the comparison with reference= that follows is the proof
             raise _NoReference(found)
         ref_dtype, reference, expected, declined = found
         note = _reference_note(ref_dtype, ctx.dtype, declined)
@@ -537,6 +546,64 @@ class _GradientCheck(Check):
                     )
                 )
         return findings[:1] if findings else []
+
+    def _against_reference_function(
+        self, ctx: CheckContext, call: OpCall, mask: Sequence[bool], index: int, notes: list[str]
+    ) -> list[Finding]:
+        """The marker's ``reference=``: the op's outputs and derivatives at this dtype against autograd
+        of the reference in float64 (complex128) on the same input values, grad_outputs and directions."""
+        ref_dtype = reference_dtype(ctx.dtype)
+        what_ref = f"reference= in {dtype_id(ref_dtype)}"
+        note = f"also compared with the marker's {what_ref} (outputs and {'first' if self.order == 1 else 'second'} derivatives)"
+        if note not in notes:
+            notes.append(note)
+        leaves = call.leaves()
+        try:
+            with torch.enable_grad():
+                outputs = call.outputs(leaves)
+            got = self._derivatives(call, leaves, mask, ctx.generator(20_000 + index), weights=None, outputs=outputs)
+        except _Refused:
+            raise
+        except Exception as exc:
+            return [Finding(index, f"backward raised {format_user_traceback(exc)}")]
+        reference_call = _ReferenceFunction(ctx.spec.reference, call.with_dtype(ref_dtype))
+        ref_leaves = reference_call.leaves()
+        try:
+            with torch.enable_grad():
+                ref_outputs = reference_call.outputs(ref_leaves)
+            if len(ref_outputs) != len(outputs):
+                return [Finding(index, f"the marker's reference= returns {len(ref_outputs)} output(s), {ctx.op.name} {len(outputs)}")]
+            expected = self._derivatives(reference_call, ref_leaves, mask, generator=None, weights=got.weights, outputs=ref_outputs)
+        except _Refused:
+            raise
+        except Exception as exc:
+            return [Finding(index, f"the marker's reference= raised {format_user_traceback(exc)}")]
+        tol = ctx.tolerance
+        for k, (o, e) in enumerate(zip(outputs, ref_outputs)):
+            if not (isinstance(o, torch.Tensor) and isinstance(e, torch.Tensor)):
+                continue
+            if o.shape != e.shape:
+                return [Finding(index, f"output {k} has shape {list(o.shape)}, the reference's {list(e.shape)}")]
+            mismatch = worst_mismatch(o.detach(), e.detach(), tol)
+            if mismatch is not None:
+                return [Finding(
+                    index,
+                    f"output {k} at {dtype_id(ctx.dtype)} differs from the {what_ref} on the same input values: "
+                    + mismatch.describe(what_ref, dtype_id(ctx.dtype)),
+                )]
+        what = "gradient" if self.order == 1 else "second derivative"
+        labels = [s.label for s in call.slots] + [f"grad_output[{k}]" for k in range(len(got.weights))]
+        names = [s.name for s in call.slots] + [None] * len(got.weights)
+        for label, name, g, e in zip(labels, names, got.grads, expected.grads):
+            mismatch = worst_mismatch(g, e, tol)
+            if mismatch is not None:
+                return [Finding(
+                    index,
+                    f"{what} of input {label} at {dtype_id(ctx.dtype)} differs from the {what_ref}'s autograd "
+                    f"{what} of the same input values: " + mismatch.describe(what_ref, dtype_id(ctx.dtype)),
+                    input_name=name,
+                )]
+        return []
 
     def _reference_derivatives(
         self, ctx: CheckContext, call: OpCall, mask: Sequence[bool], got: "_Derivatives", index: int
@@ -681,6 +748,24 @@ class _GradientCheck(Check):
                 list(second), detached, leaves, [], live=live, directions=directions,
                 first_live=[first[k].detach() for k in live],
             )
+
+
+class _ReferenceFunction:
+    """The marker's ``reference=`` standing in for the op on a sample (converted to float64): called with
+    the op's arguments, positional and keyword-only as the schema has them."""
+
+    def __init__(self, function: Callable[..., Any], call: OpCall) -> None:
+        self.function = function
+        self.call = call
+
+    def leaves(self) -> list[torch.Tensor]:
+        return self.call.leaves()
+
+    def outputs(self, leaves: Sequence[torch.Tensor]) -> list[Any]:
+        from ..differentiation import flatten_outputs
+
+        args, kwargs = self.call.op.split_bound(self.call.substitute(leaves))
+        return flatten_outputs(self.function(*args, **kwargs))
 
 
 class _Derivatives:
