@@ -9,15 +9,14 @@ from __future__ import annotations
 from collections import namedtuple
 from typing import Any, Callable, Optional
 
-from .kernel import (
+from .kernel.grad_validation import (
     GradientValidationError,
     describe_inputs,
     dict_to_positional,
-    save_pytree,
-    unpack_pytree,
     validate_dict_keys,
     validate_gradients,
 )
+from .kernel.pytree import save_pytree, unpack_pytree
 from .ops import resolve_op
 
 __all__ = ["register_dict_backward"]

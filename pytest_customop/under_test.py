@@ -116,7 +116,7 @@ class CustomOpUnderTest:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Call the op under test, through the plugin's autograd kernel when an input requires grad, so
         that a later backward has its gradients validated by input name (see the ``grad_keys`` check)."""
-        from .kernel import call_through_kernel
+        from .kernel.generated_kernel import call_through_kernel
 
         return call_through_kernel(self.op, args, kwargs, self._cache)
 

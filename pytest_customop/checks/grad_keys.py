@@ -14,7 +14,8 @@ from typing import Any, Optional
 import torch
 
 from ..differentiation import OpCall, flatten_outputs, random_like
-from ..kernel import GradientValidationError, TensorMeta, tensor_problems, kernel_for
+from ..kernel.generated_kernel import kernel_for
+from ..kernel.grad_validation import GradientValidationError, TensorMeta, tensor_problems
 from ._support import gradient_samples, integer_outputs_reason
 from .base import Check, CheckContext, CheckResult, Finding, format_user_traceback
 
