@@ -62,10 +62,17 @@ class GradKeysCheck(Check):
                         f"backward is opaque to Python ({source.detail}): validated the gradients that reach "
                         "each input, by name"
                     )
+            seen = len(kernel.reduced_shapes) if kernel.source.is_python else 0
             problems = self._check_sample(ctx, kernel, call, leaves, bound, index)
             if problems is None:  # integer or bool outputs only: nothing to validate
                 not_differentiable.append(index)
                 continue
+            for reducible in kernel.reduced_shapes[seen:] if kernel.source.is_python else []:
+                if ctx.spec.strict_grad_shapes:
+                    problems.append(Finding(index, f"{reducible.message} (the marker asks strict_grad_shapes=True)",
+                                            input_name=reducible.input_name))
+                else:
+                    notes.append(f"sample {index}: {reducible.message} (gradcheck proves the reduced values)")
             checked += 1
             findings.extend(problems)
         if not_differentiable and not checked and not findings:
