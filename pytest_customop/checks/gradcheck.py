@@ -253,11 +253,13 @@ class _GradientCheck(Check):
             # Before torch's gradgradcheck, which would see zeros where the backward refuses; at lower
             # precision _derivatives asks the same of the derivatives it computes anyway.
             try:
-                first = _first_derivatives_with_graph(call, leaves, mask, ctx.generator(index))
+                first = _first_derivatives_with_graph(call, leaves, mask, ctx.generator(index), probe_second=True)
             except Exception as exc:
                 if refuses_double_backward(exc):
                     raise _Refused(_first_lines(str(exc), 1)) from None
-                return [Finding(index, f"backward raised {format_user_traceback(exc)}")]
+                if not isinstance(exc, _SecondOrderProbeError):
+                    return [Finding(index, f"backward raised {format_user_traceback(exc)}")]
+                first = []  # another error of the double backward: gradgradcheck words it
             if _once_differentiable(first):
                 raise _Refused("its backward is marked @once_differentiable")
         if is_reference_precision(ctx.dtype):
@@ -879,15 +881,33 @@ class _Refused(Exception):
     """A backward refused to be differentiated (raised out of one sample's second-order check)."""
 
 
+class _SecondOrderProbeError(Exception):
+    """The one double backward of the refusal probe raised something other than a refusal."""
+
+
 def _first_derivatives_with_graph(
-    call: OpCall, leaves: list[torch.Tensor], mask: Sequence[bool], generator: torch.Generator
+    call: OpCall, leaves: list[torch.Tensor], mask: Sequence[bool], generator: torch.Generator,
+    probe_second: bool = False,
 ) -> list[Optional[torch.Tensor]]:
-    """First derivatives computed with ``create_graph=True`` and grad_outputs that require grad."""
+    """First derivatives computed with ``create_graph=True`` and grad_outputs that require grad.
+
+    ``probe_second``: also differentiate them once, so that a backward refusing double backward raises
+    here, as fast as torch refuses, not after gradgradcheck's finite differences (seconds on real
+    inputs); a refusal propagates, another error is a :class:`_SecondOrderProbeError`."""
     with torch.enable_grad():
         fresh = [t.detach().requires_grad_(True) for t in leaves]
         outputs = call.function(mask)(*fresh)
         weights = [random_like(o, generator).requires_grad_(True) for o in outputs]
-        return vjp(outputs, fresh, weights, create_graph=True)
+        first = vjp(outputs, fresh, weights, create_graph=True)
+        live = [g for g in first if g is not None and g.requires_grad]
+        if probe_second and live and not _once_differentiable(first):
+            try:
+                torch.autograd.grad(real_loss(live, [torch.ones_like(g) for g in live]), [*fresh, *weights], allow_unused=True)
+            except Exception as exc:
+                if refuses_double_backward(exc):
+                    raise
+                raise _SecondOrderProbeError(str(exc)) from exc
+        return first
 
 
 def _once_differentiable(grads: Sequence[Optional[torch.Tensor]]) -> bool:
