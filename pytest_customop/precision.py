@@ -48,8 +48,7 @@ def ladder(dtype: torch.dtype) -> tuple[torch.dtype, ...]:
     """The precisions a ``dtype`` item's reference may be computed at, highest first (the item's own
     dtype included when finite differences are meaningful there: float32 and complex64)."""
     rungs = _COMPLEX_LADDER if dtype.is_complex else _REAL_LADDER
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    return tuple(r for r in rungs if torch.empty((), dtype=r).element_size() >= itemsize or r == dtype)
+    return tuple(r for r in rungs if r.itemsize >= dtype.itemsize or r == dtype)
 
 
 def step_for(dtype: torch.dtype, eps: Optional[float]) -> tuple[float, bool]:
