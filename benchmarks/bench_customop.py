@@ -293,7 +293,7 @@ def bench_large(sizes: Sizes) -> list[dict[str, Any]]:
             samples = workloads.make_samples(arity, size)
             inputs32 = [t.detach().requires_grad_(True) for t in next(iter(samples("cpu", torch.float32, True))).args]
 
-            def forward_backward32() -> None:
+            def forward_backward32(fn: Callable = fn, inputs32: list = inputs32) -> None:
                 out = fn(*inputs32)
                 out.backward(torch.ones_like(out))
 

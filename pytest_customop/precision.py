@@ -24,6 +24,7 @@ Knows nothing of pytest.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
@@ -142,14 +143,14 @@ def prove_directional(
     backward), allowed for over a step ``widen`` times the usual."""
     step, relative = step_for(dtype, eps)
     step *= widen
-    scaled = []
+    scaled: list[Optional[torch.Tensor]] = []
     for x, d in zip(inputs, directions):
         if d is None:
             scaled.append(None)
             continue
         if relative:
             rms = float(x.detach().abs().double().pow(2).mean().sqrt().item()) if x.numel() else 0.0
-            d = d * (rms if rms > 0 and rms == rms and rms != float("inf") else 1.0)
+            d = d * (rms if rms > 0 and math.isfinite(rms) else 1.0)
         scaled.append(d)
     base = [x.detach() for x in inputs]
     plus = [b if d is None else (b + step * d).to(b.dtype) for b, d in zip(base, scaled)]

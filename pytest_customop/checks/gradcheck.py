@@ -4,9 +4,14 @@ In float64 and complex128, samples up to the fast-mode threshold run ``torch.aut
 ``gradgradcheck`` in slow mode (the full Jacobian). Larger ones run in fast mode: gradcheck's is the
 plugin's own (signed random projections with a size-independent tolerance, a reentrant backward,
 undefined grad_outputs: what torch's fast mode checks, stronger and at half its cost);
-gradgradcheck's is torch's, followed by the same signed projection. In lower precisions finite differences are meaningless (the numerical
-Jacobian of a float16 op is all zeros), so the op's gradients at that dtype are compared with the
-float64 gradients of the very same input values, under the dtype's tolerance.
+gradgradcheck's is torch's, followed by the same signed projection.
+
+In lower precisions the op's derivatives at that dtype are compared, under the dtype's tolerance, with
+reference derivatives of the very same input values at the highest precision the op runs at (float64,
+else float32: :func:`pytest_customop.precision.ladder`), which are themselves proven against central
+differences there (:func:`pytest_customop.precision.prove_directional`): every item is a proof, not a
+comparison of the op with itself. The marker's ``reference=`` adds a comparison with the reference
+function's float64 autograd (outputs and derivatives) to every item.
 
 A failure is diagnosed without torch's slow recomputation of the full Jacobian: for each input (by
 schema name) the backward's vector-Jacobian product is compared with finite differences, element by
@@ -568,6 +573,7 @@ class _GradientCheck(Check):
             raise
         except Exception as exc:
             return [Finding(index, f"backward raised {format_user_traceback(exc)}")]
+        assert ctx.spec.reference is not None
         reference_call = _ReferenceFunction(ctx.spec.reference, call.with_dtype(ref_dtype))
         ref_leaves = reference_call.leaves()
         try:
@@ -575,7 +581,9 @@ class _GradientCheck(Check):
                 ref_outputs = reference_call.outputs(ref_leaves)
             if len(ref_outputs) != len(outputs):
                 return [Finding(index, f"the marker's reference= returns {len(ref_outputs)} output(s), {ctx.op.name} {len(outputs)}")]
-            expected = self._derivatives(reference_call, ref_leaves, mask, generator=None, weights=got.weights, outputs=ref_outputs)
+            expected = self._derivatives(
+                reference_call, ref_leaves, mask, generator=None, weights=got.weights, outputs=ref_outputs  # type: ignore[arg-type]
+            )
         except _Refused:
             raise
         except Exception as exc:
@@ -738,17 +746,16 @@ class _GradientCheck(Check):
             if _once_differentiable(first):
                 raise _Refused("its backward is marked @once_differentiable")
             live = [k for k, g in enumerate(first) if g is not None and g.requires_grad]
+            live_first = [g for g in first if g is not None and g.requires_grad]
             detached = [w.detach() for w in weights]
             if not live:
                 return _Derivatives([None] * (len(leaves) + len(weights)), detached, leaves, [])
             # Same directions for the low-precision run and its reference: fixed seeds.
-            directions = [random_like(first[k].detach(), torch.Generator().manual_seed(7 + n)) for n, k in enumerate(live)]
-            second = torch.autograd.grad(
-                real_loss([first[k] for k in live], directions), [*leaves, *weights], allow_unused=True
-            )
+            directions = [random_like(g.detach(), torch.Generator().manual_seed(7 + n)) for n, g in enumerate(live_first)]
+            second = torch.autograd.grad(real_loss(live_first, directions), [*leaves, *weights], allow_unused=True)
             return _Derivatives(
                 list(second), detached, leaves, [], live=live, directions=directions,
-                first_live=[first[k].detach() for k in live],
+                first_live=[g.detach() for g in live_first],
             )
 
 
@@ -792,12 +799,6 @@ class _Derivatives:
         self.live = list(live)
         self.directions = list(directions)
         self.first_live = list(first_live)
-
-    def __iter__(self) -> Iterator[Any]:  # (grads, weights), as before
-        return iter((self.grads, self.weights))
-
-    def __getitem__(self, position: int) -> Any:
-        return (self.grads, self.weights)[position]
 
 
 def _first_derivative_loss(
@@ -929,20 +930,20 @@ def _detached_gradients(
 
 
 class GradCheck(_GradientCheck):
-    """First derivatives: ``torch.autograd.gradcheck`` in float64/complex128; at lower precision,
-    the op's gradients compared with its float64 gradients of the same input values."""
+    """First derivatives: ``torch.autograd.gradcheck`` in float64/complex128; at lower precision, the
+    op's gradients compared with proven reference gradients of the same input values."""
 
     name = "gradcheck"
-    description = "first derivatives against finite differences (float64) or the float64 gradients (lower precision)"
+    description = "first derivatives against finite differences (float64), or against reference gradients proven by them (lower precision)"
     order = 1
 
 
 class GradGradCheck(_GradientCheck):
     """Second derivatives: ``torch.autograd.gradgradcheck`` in float64/complex128; at lower precision,
-    second-order vector-Jacobian products compared with float64 ones."""
+    second-order vector-Jacobian products compared with proven reference ones."""
 
     name = "gradgradcheck"
-    description = "second derivatives (backward of backward) against finite differences or float64"
+    description = "second derivatives (backward of backward) against finite differences, or proven reference ones"
     order = 2
 
     def not_applicable(self, op: Any, spec: Any) -> Optional[str]:
