@@ -553,3 +553,48 @@ def test_unrelated():
         "test_ops.py::test_bad: customop marker argument 'reference': got 'x * y'; allowed: a plain PyTorch "
         "function with the op's signature (OpInfo's ref)*",
     ])
+
+
+SQRT_NO_FLOAT64 = '''
+def _guard(t):
+    if t.dtype == torch.float64:
+        raise RuntimeError("sqrt_kernel: float64 is not supported")
+
+def root(x: Tensor) -> Tensor:
+    _guard(x)
+    return x.sqrt()
+
+def root_backward(ctx, grad):
+    (x,) = ctx.saved_tensors
+    return grad * 0.5 / x.sqrt()
+
+def root_wrong(ctx, grad):
+    return -root_backward(ctx, grad)
+
+def near_zero(device, dtype, requires_grad):
+    make = lambda t: t.to(device=device, dtype=dtype).requires_grad_(requires_grad)
+    yield SampleInput(make(torch.rand(4, 8) + 0.5))
+    tiny = torch.rand(4, 8) + 0.5
+    tiny[0, 0] = 1e-9  # a finite-difference step away, sqrt is NaN
+    yield SampleInput(make(tiny), sample_name="near zero")
+'''
+
+
+def test_a_step_out_of_the_domain_is_a_note_not_a_failure(pytester, ns, run):
+    write(pytester, ns, SQRT_NO_FLOAT64 + '''
+make_op("root", root, root_backward)
+make_op("root_wrong", root, root_wrong)
+
+@pytest.mark.customop(f"{NS}::root", samples=near_zero, devices=["cpu"], dtypes=[torch.float32], checks=["gradcheck"])
+def test_right(customop):
+    result = customop.check()
+    assert any("not proven: the loss is not finite" in note for note in result.notes), result.notes
+
+@pytest.mark.customop(f"{NS}::root_wrong", samples=near_zero, devices=["cpu"], dtypes=[torch.float32],
+                      checks=["gradcheck"])
+def test_wrong(customop):
+    customop.check()
+''')
+    result = run("-v")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*gradient of input 'x' is wrong at float32, the reference precision*"])
