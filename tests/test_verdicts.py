@@ -598,3 +598,51 @@ def test_wrong(customop):
     result = run("-v")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*gradient of input 'x' is wrong at float32, the reference precision*"])
+
+
+JVP_REFUSAL = '''
+class _Scale(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * 3
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * 3
+
+    @staticmethod
+    def jvp(ctx, tangent):
+        {jvp}
+
+lib = torch.library.Library(NS, "FRAGMENT")
+lib.define("triple(Tensor x) -> Tensor")
+lib.impl("triple", _Scale.apply, "CompositeImplicitAutograd")
+
+def one(device, dtype, requires_grad):
+    yield SampleInput(torch.randn(3, 4, device=device, dtype=dtype, requires_grad=requires_grad))
+'''
+
+
+@pytest.mark.parametrize("dtypes", MARKERS)
+def test_an_explicit_jvp_refusal_is_a_skip_quoting_it_and_a_wrong_jvp_fails(pytester, ns, run, dtypes):
+    refusing = JVP_REFUSAL.format(jvp='raise NotImplementedError("triple: forward AD is planned for v2")')
+    write(pytester, ns, refusing + f'''
+@pytest.mark.customop(f"{{NS}}::triple", samples=one, devices=["cpu"], dtypes={dtypes}, checks=["forward_ad"])
+def test_refusing(customop):
+    customop.check()
+''')
+    result = run("-rs")
+    result.assert_outcomes(skipped=dtypes.count(",") + 1)
+    result.stdout.fnmatch_lines(["SKIPPED * forward-mode AD is unsupported for *::triple: triple: forward AD is planned for v2"])
+
+
+def test_a_wrong_jvp_still_fails(pytester, ns, run):
+    write(pytester, ns, JVP_REFUSAL.format(jvp="return tangent * -3") + '''
+@pytest.mark.customop(f"{NS}::triple", samples=one, devices=["cpu"], dtypes=[torch.float64, torch.float32],
+                      checks=["forward_ad"])
+def test_wrong(customop):
+    customop.check()
+''')
+    result = run()
+    result.assert_outcomes(failed=2)
