@@ -120,19 +120,31 @@ class OpCall:
         """Which outputs of a forward with grad enabled carry a gradient back to the inputs."""
         return [_is_diff_tensor(o) and o.requires_grad for o in outputs]
 
-    def with_dtype(self, dtype: torch.dtype) -> "OpCall":
-        """The same sample with every floating (or complex) tensor converted to ``dtype``'s kind:
-        values kept, so a float64 reference sees exactly the numbers a float32 run saw."""
+    def with_dtype(self, dtype: torch.dtype, source: Optional[Sequence[torch.dtype]] = None) -> "OpCall":
+        """The same sample with the tensors built at the item's dtype converted to ``dtype``'s kind:
+        values kept, so a float64 reference sees exactly the numbers a float32 run saw.
+
+        ``source``: the dtypes converted (with their real/complex counterparts); by default those of the
+        inputs that require grad (all floating and complex tensors when none does). Tensors of other
+        dtypes (a float32 buffer in a float16 sample, int64 indices) keep theirs: the op may need them so."""
+        if source is None:
+            source = [t.dtype for t in self._originals] or None
+        converted = None if source is None else {d for s in source for d in (s, _counterpart(s))}
 
         def convert(t: torch.Tensor) -> torch.Tensor:
-            if not is_differentiable_dtype(t.dtype):
+            if not is_differentiable_dtype(t.dtype) or (converted is not None and t.dtype not in converted):
                 return t
-            target = dtype if t.dtype.is_complex == dtype.is_complex else (
-                torch.complex128 if t.dtype.is_complex else torch.float64
-            )
+            target = dtype if t.dtype.is_complex == dtype.is_complex else _counterpart(dtype)
             return t.detach().to(target).requires_grad_(t.requires_grad)
 
         return OpCall(self.op, self.sample.map(convert))
+
+
+def _counterpart(dtype: torch.dtype) -> torch.dtype:
+    """float32 <-> complex64, float64 <-> complex128 (others: themselves)."""
+    pairs = {torch.float32: torch.complex64, torch.float64: torch.complex128, torch.float16: torch.complex32}
+    pairs.update({v: k for k, v in pairs.items()})
+    return pairs.get(dtype, dtype)
 
 
 def random_like(t: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -54,6 +54,12 @@ class CustomOpSpec:
     skips: tuple[Skip, ...] = ()
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
     derived_samples: bool = False  # no samples= given: samples are derived from the op's schema
+    #: A plain PyTorch function with the op's signature (OpInfo's ``ref``): gradient items also compare the
+    #: op's outputs and derivatives with its float64 autograd on the same input values.
+    reference: Optional[Callable[..., Any]] = None
+    #: A gradient larger than its input that the engine sums down (broadcast-reducible) fails grad_keys
+    #: instead of being a note.
+    strict_grad_shapes: bool = False
 
     def tolerance(self, dtype: torch.dtype) -> Tolerance:
         """The tolerance for ``dtype``: ``tolerances[dtype]``, else the default with ``atol``/``rtol``/
@@ -74,7 +80,7 @@ class CustomOpSpec:
 
 _KNOWN = (
     "op samples dtypes devices checks atol rtol atol_scale tolerances eps fast_mode nondet_tol supports_gradgrad "
-    "supports_forward_ad xfails skips options"
+    "supports_forward_ad xfails skips options reference strict_grad_shapes"
 ).split()
 
 
@@ -218,6 +224,16 @@ def parse_marker(
     if fast_mode is not None and not isinstance(fast_mode, bool):
         raise MarkerError("fast_mode", fast_mode, "True (always fast), False (always slow) or None (by input size)")
 
+    reference = kwargs.get("reference")
+    if reference is not None and (not callable(reference) or isinstance(reference, type)):
+        raise MarkerError(
+            "reference", reference,
+            "a plain PyTorch function with the op's signature (OpInfo's ref), e.g. reference=lambda x, y: x * y",
+        )
+    strict_grad_shapes = kwargs.get("strict_grad_shapes", False)
+    if not isinstance(strict_grad_shapes, bool):
+        raise MarkerError("strict_grad_shapes", strict_grad_shapes, "True or False")
+
     options = kwargs.get("options") or {}
     if not isinstance(options, Mapping) or not all(isinstance(v, Mapping) for v in options.values()):
         raise MarkerError("options", options, "a dict {check_name: {option: value}}")
@@ -252,4 +268,6 @@ def parse_marker(
         skips=_expectations("skips", kwargs.get("skips", ()), Skip, known_checks),
         options={k: dict(v) for k, v in options.items()},
         derived_samples=derived_samples,
+        reference=reference,
+        strict_grad_shapes=strict_grad_shapes,
     )

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 MARKER_HELP = (
     "customop(op, *, samples=None, dtypes=None, devices=None, checks=None, atol=None, rtol=None, "
     "tolerances=None, eps=None, fast_mode=None, nondet_tol=0.0, supports_gradgrad=None, "
-    "supports_forward_ad=None, xfails=(), skips=(), options=None): verify the custom op `op` "
+    "supports_forward_ad=None, xfails=(), skips=(), options=None, atol_scale=None, reference=None, "
+    "strict_grad_shapes=False): verify the custom op `op` "
     "(a 'ns::name[.overload]' string, OpOverload, OpOverloadPacket, torch.library.custom_op object, "
     "legacy custom op or torch.autograd.Function subclass) on the SampleInputs yielded by samples(device, dtype, requires_grad), or "
     "without samples= on samples derived from the op's schema. "

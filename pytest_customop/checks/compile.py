@@ -28,6 +28,7 @@ from ..dtypes import dtype_id
 from ..samples import SampleInput
 from ..fake_kernels import missing_fake_kernel
 from ..torch_internals import dynamo_unsupported_reason, reset_compiled
+from ._support import wants_gradients
 from .base import Check, CheckContext, CheckResult, Finding
 from .opcheck import first_lines
 
@@ -126,7 +127,7 @@ class CompileCheck(Check):
 
     def run(self, ctx: CheckContext) -> CheckResult:
         global _warmed_up
-        samples = ctx.samples(requires_grad=not ctx.op.is_mutable)
+        samples = ctx.samples(requires_grad=wants_gradients(ctx))
         no_fake = missing_fake_kernel(ctx.op, samples)
         if no_fake:
             # Dynamo runs every op on fake tensors while it traces, whatever the backend. Asked

@@ -158,8 +158,9 @@ class ForwardADCheck(Check):
         try:
             return _tangents_out(call, leaves, tangents)
         except Exception as exc:
-            if _UNSUPPORTED.search(str(exc)):
-                first = str(exc).strip().splitlines()[0]
+            if isinstance(exc, NotImplementedError) or _UNSUPPORTED.search(str(exc)):
+                # an explicit refusal (the op's jvp raising NotImplementedError, torch's "not implemented")
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                 raise _Unsupported(f"forward-mode AD is unsupported for {ctx.op.name}: {first}") from None
             return Finding(index, f"forward-mode AD raised {format_user_traceback(exc)}")
 

@@ -20,6 +20,7 @@ from typing import Any, Optional
 import torch
 
 from ..fake_kernels import missing_fake_kernel
+from ._support import wants_gradients
 from .base import Check, CheckContext, CheckResult, Finding
 
 __all__ = ["OpCheck", "DEFAULT_SUB_TESTS", "available_sub_tests", "first_lines"]
@@ -116,7 +117,7 @@ class OpCheck(Check):
             )
         # Mutating ops cannot have autograd; inputs that require grad would only make the in-place
         # update an error, so they get plain inputs.
-        samples = ctx.samples(requires_grad=not ctx.op.is_mutable)
+        samples = ctx.samples(requires_grad=wants_gradients(ctx))
         # An eager-only op has no fake kernel: its fake-tensor and AOT sub-tests do not apply (the
         # compile check says the same), the schema and autograd-registration ones still do.
         no_fake = missing_fake_kernel(ctx.op, samples)

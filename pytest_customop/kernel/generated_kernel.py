@@ -198,6 +198,8 @@ class GradientCheckingKernel:
         self._positional = [a for a in op.arguments if not a.kwarg_only]
         self._has_kwarg_only = any(a.kwarg_only for a in op.arguments)
         self.function = self._generate() if source.is_python else None
+        #: Broadcast-reducible gradients seen (messages), left to the engine's sum_to instead of raised.
+        self.reduced_shapes: list[GradientProblem] = []
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -294,6 +296,9 @@ class GradientCheckingKernel:
         problems += validate_gradients(op_name, call.inputs, by_name)
         problems += _mutations(op_name, grad_snapshot, "the gradient of the op's output it was given")
         problems += _mutations(op_name, saved_snapshot, "a tensor saved for backward")
+        reducible = [p for p in problems if p.reducible]
+        self.reduced_shapes.extend(p for p in reducible if p not in self.reduced_shapes)
+        problems = [p for p in problems if not p.reducible]
         if problems:
             raise GradientValidationError(op_name, problems, source.describe())
         return (*call.flat_grads(by_name), None)
