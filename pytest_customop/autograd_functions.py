@@ -293,6 +293,9 @@ class FunctionCheckingKernel:
         self.op = op
         self.source = FunctionBackwardSource(op.function)
         self._positional = [a for a in op.arguments if not a.kwarg_only]
+        #: Broadcast-reducible gradients seen, left to the engine's sum_to (grad_keys notes them), as the
+        #: generated kernel of an op does.
+        self.reduced_shapes: list[Any] = []
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         from .samples import SampleInput
@@ -322,7 +325,7 @@ class FunctionCheckingKernel:
         from .kernel.generated_kernel import _mutations, _saved_tensors, _snapshot
 
         function, source, positional = self.op.function, self.source, self._positional
-        op_name = self.op.name
+        op_name, reduced_shapes = self.op.name, self.reduced_shapes
         user_backward: Callable[..., Any] = getattr(function, source.method)
 
         def backward(ctx: Any, *grad_outputs: Any) -> Any:
@@ -334,6 +337,8 @@ class FunctionCheckingKernel:
             problems += validate_gradients(op_name, inputs, by_name)
             problems += _mutations(op_name, grad_snapshot, "the gradient of the op's output it was given")
             problems += _mutations(op_name, saved_snapshot, "a tensor saved for backward")
+            reduced_shapes.extend(p for p in problems if p.reducible and p not in reduced_shapes)
+            problems = [p for p in problems if not p.reducible]
             if problems:
                 raise GradientValidationError(op_name, problems, source.describe())
             grads = tuple(by_name.get(a.name) for a in positional)

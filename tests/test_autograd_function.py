@@ -279,22 +279,27 @@ def test_too_few(customop):
 def test_extra(customop):
     customop.check()
 
-@pytest.mark.customop(Unreduced, samples=broadcast, dtypes=[torch.float64], checks=["grad_keys"])
+@pytest.mark.customop(Unreduced, samples=broadcast, dtypes=[torch.float64], checks=["grad_keys"], strict_grad_shapes=True)
 def test_unreduced(customop):
     customop.check()
+
+@pytest.mark.customop(Unreduced, samples=broadcast, dtypes=[torch.float64], checks=["grad_keys"])
+def test_unreduced_is_a_note(customop):
+    result = customop.check()
+    assert any("relies on the engine to reduce [3, 4] to [4]" in note for note in result.notes), result.notes
 
 @pytest.mark.customop(WrongDtype, samples=pair, dtypes=[torch.float64], checks=["grad_keys"])
 def test_dtype(customop):
     customop.check()
 ''')
     result = run("-p", "no:logging")
-    result.assert_outcomes(failed=4)
+    result.assert_outcomes(failed=4, passed=1)  # the engine reduces a broadcast gradient: a note, strict fails it
     result.stdout.fnmatch_lines_random([
         ("*test_functions.TooFew: backward returned 2 gradient(s), expected 3, one per positional input (x, y, alpha): "
          "nothing for input 'alpha'*"),
         ("*test_functions.Extra: backward returned 4 gradients, expected 3, one per positional input (x, y, alpha): "
          "extra trailing entry None after the last input 'alpha' (torch drops a trailing None silently)*"),
-        "*the gradient for input 'bias': expected shape [[]4[]] (the input's), got [[]3, 4[]] (torch would sum it down silently)*",
+        "*the gradient for input 'bias' has shape [[]3, 4[]], larger than the input's [[]4[]]: relies on the engine to reduce*strict_grad_shapes=True*",
         "*the gradient for input 'x': expected dtype float64 (the input's), got float32 (torch would cast it silently)*",
     ])
 
