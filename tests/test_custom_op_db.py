@@ -34,10 +34,10 @@ def test_{name}(customop):
     customop.check()
 '''
 
-# Every default check but batched_grad (a vmap rule's NotImplementedError, "data-dependent", is a refusal
-# to skip: issue 12) and edge_shapes (derived index tensors must keep their relation to the data: issue 12).
-CHECKS = ["gradcheck", "gradgradcheck", "grad_keys", "forward_ad", "noncontiguous", "nondeterminism",
-          "requires_grad_subsets", "opcheck", "compile"]
+# Every default check: batched_grad meets a vmap rule that declines ("data-dependent" NotImplementedError:
+# a skip quoting it), edge_shapes index tensors that must keep their relation to the data.
+CHECKS = ["gradcheck", "gradgradcheck", "grad_keys", "forward_ad", "batched_grad", "noncontiguous", "nondeterminism",
+          "requires_grad_subsets", "edge_shapes", "opcheck", "compile"]
 
 # Elementwise, broadcast (unreduced gradients on purpose), sort (index outputs), take (index input),
 # nonzero (integer output, no autograd).
