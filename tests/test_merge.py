@@ -130,8 +130,8 @@ def test_the_same_cells_from_two_machines_show_both_and_mark_the_conflict(make_r
     matrix = merge_runs(read_inputs([str(good), str(bad)]))
     assert matrix.labels == ["A", "B"]
     conflicts = {(op, check, column): cell.outcome_by_label() for op, check, column, cell in matrix.conflicts()}
-    # float32 compares with the op's own float64 gradients, wrong the same way: only float64 disagrees
-    assert conflicts == {(f"{ns}::scale", "gradcheck", "cpu/float64"): {"A": "passed", "B": "failed"}}
+    # wrong at every dtype: float32's reference is proven against finite differences too, so both disagree
+    assert conflicts == {(f"{ns}::scale", "gradcheck", column): {"A": "passed", "B": "failed"} for column in ("cpu/float64", "cpu/float32")}
     # the wrong backward is linear: its double backward agrees, no conflict there
     assert not matrix.cell(f"{ns}::scale", "gradgradcheck", "cpu/float64").conflict
 
@@ -140,11 +140,11 @@ def test_the_same_cells_from_two_machines_show_both_and_mark_the_conflict(make_r
     assert status == 1  # a failure and conflicts
     printed = capsys.readouterr().out
     assert "  A  cpu: " in printed and "B  cpu: Xeon; cuda:0: NVIDIA H200; torch 2.15.0+cu128 (CUDA 12.8)" in printed
-    assert "  gradcheck      CONFLICT passed@A FAILED@B  passed@A passed@B" in printed
+    assert "  gradcheck      CONFLICT passed@A FAILED@B  CONFLICT passed@A FAILED@B" in printed
     assert "  gradgradcheck  passed@A passed@B" in printed
     assert "  FAILED gradcheck cpu/float64 [B]: sample 0: gradient of input 'x'" in printed
     assert f"{ns}::scale gradcheck cpu/float64: passed in A, failed in B" in printed
-    assert "customop: 15 passed, 1 failed in 16 item(s) over 2 op(s) from 2 run(s), 1 conflict(s)" in printed
+    assert "customop: 14 passed, 2 failed in 16 item(s) over 2 op(s) from 2 run(s), 2 conflict(s)" in printed
     markdown = (tmp_path / "c.md").read_text()
     assert "| gradcheck | **CONFLICT ✅ passed@A ❌ \\*\\*FAILED\\*\\*@B** |" in markdown
     assert f"- `{ns}::scale` gradcheck cpu/float64: passed in A, failed in B" in markdown
@@ -153,7 +153,7 @@ def test_the_same_cells_from_two_machines_show_both_and_mark_the_conflict(make_r
                                         "outcomes": {"A": "passed", "B": "failed"}}
     assert document["runs"][1]["environment"]["devices"]["cuda:0"] == "NVIDIA H200"
     page = (tmp_path / "c.html").read_text()
-    assert page.count('class="cell failed conflict"') == 1
+    assert page.count('class="cell failed conflict"') == 2
     assert "(conflict: the runs disagree)" in page and "torch 2.15.0+cu128 (CUDA 12.8)" in page
 
 
