@@ -189,9 +189,10 @@ class CustomOpSession:
         if _live_configs > 1 or not self.settings.gc_freeze:
             return
         if any(case_key in item.stash for item in items):
-            from .gc_freeze import freeze_objects_alive_now
+            from .gc_freeze import freeze_objects_alive_now, unfreeze_at_exit
 
-            freeze_objects_alive_now()
+            if freeze_objects_alive_now():
+                unfreeze_at_exit()
 
 
 #: The run's :class:`CustomOpSession`.
