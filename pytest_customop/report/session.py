@@ -110,6 +110,7 @@ class ReportPlugin:
         self.outcomes: dict[str, ItemOutcome] = {}  # nodeid -> the phases reported
         self.coverage: dict[str, dict[str, list[str]]] = {}  # namespace -> {"ops", "no_autograd"}
         self.workers_reported: list[str] = []
+        self.reruns: dict[str, int] = {}  # nodeid -> attempts pytest-rerunfailures reran
         self.crashed_workers: list[str] = []
         # What the workers found (torch version, devices), so that the controller need not import torch.
         self.worker_torch: Optional[str] = None
@@ -152,6 +153,8 @@ class ReportPlugin:
             # can list the items a crash left unrun even when no worker lives to send its output.
             report.customop_items = self.items
             self._items_sent = True
+        if report.when == "setup":  # a new attempt (pytest-rerunfailures reruns from setup)
+            item.stash[_outcome_key] = ItemOutcome()
         phases = item.stash.setdefault(_outcome_key, ItemOutcome())
         phases.add(report_phase(report))
         if report.when == "teardown":
@@ -169,6 +172,10 @@ class ReportPlugin:
         if not (self.enabled and self.is_controller):
             return
         self.items.update(getattr(report, "customop_items", None) or {})
+        if report.outcome == "rerun":  # pytest-rerunfailures: this attempt failed, the item runs again
+            self.reruns[report.nodeid] = self.reruns.get(report.nodeid, 0) + 1
+            self.outcomes.pop(report.nodeid, None)
+            return
         info = getattr(report, "customop", None)
         if info is not None:
             self.details[report.nodeid] = info
@@ -242,6 +249,8 @@ class ReportPlugin:
             outcome, message = phases.outcome()
             if message.startswith(f"{nodeid}: "):  # marker errors name the item, which the row does already
                 message = message[len(nodeid) + 2 :]
+            if self.reruns.get(nodeid):
+                message = "; ".join(filter(None, [f"{outcome} after {self.reruns[nodeid]} rerun(s)", message]))
             rows.append(
                 Row(
                     meta.get("op"),
