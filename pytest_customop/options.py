@@ -10,6 +10,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Mapping, Optional
 
+from .worker_devices import parse_worker_devices
+
 __all__ = ["OPTIONS", "Option", "Settings", "SettingsError", "resolve_settings"]
 
 
@@ -110,6 +112,18 @@ OPTIONS: tuple[Option, ...] = (
         help="when a fast-mode gradcheck fails, recompute and print the full Jacobians (slow on large inputs; off by default).",
     ),
     Option(
+        dest="customop_worker_devices",
+        flag="--customop-worker-devices",
+        env="CUSTOMOP_WORKER_DEVICES",
+        ini="customop_worker_devices",
+        parse=parse_worker_devices,
+        default=[],
+        metavar="auto|off|LIST",
+        help="under pytest-xdist, which accelerator each worker runs its items on: auto (worker i on "
+        "device i mod N of the N present; the default), off (the current device), or indexes 0,2,3 "
+        "(worker i on the (i mod 3)-th).",
+    ),
+    Option(
         dest="customop_no_gc_freeze",
         flag="--customop-no-gc-freeze",
         env="CUSTOMOP_NO_GC_FREEZE",
@@ -134,6 +148,8 @@ class Settings:
     fast_mode_threshold: int = 1024
     full_jacobian: bool = False
     gc_freeze: bool = True
+    #: ``[]`` worker i on device i mod N, None off, else the indexes to spread workers over.
+    worker_devices: Optional[list[int]] = field(default_factory=list)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -168,4 +184,5 @@ def resolve_settings(cli: Mapping[str, Any], env: Mapping[str, str], ini: Callab
         fast_mode_threshold=values["customop_fast_mode_threshold"],
         full_jacobian=values["customop_full_jacobian"],
         gc_freeze=not values["customop_no_gc_freeze"],
+        worker_devices=values["customop_worker_devices"],
     )

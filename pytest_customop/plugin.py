@@ -258,9 +258,28 @@ def pytest_runtestloop(session: pytest.Session) -> Any:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
+    _bind_worker_device(item)
     error = _session(item.config).marker_error_of(item)
     if error is not None:
         pytest.fail(error, pytrace=False)
+
+
+def _bind_worker_device(item: pytest.Item) -> None:
+    """On a pytest-xdist worker, before its first accelerator item: use this worker's device."""
+    workerinput = getattr(item.config, "workerinput", None)
+    state = _session(item.config)
+    case = state.case_of(item)
+    if workerinput is None or case is None or case.device == "cpu" or case.skip_reason:
+        return
+    from .devices import WorkerDeviceError, bind_worker_device
+
+    problem = None
+    try:
+        bind_worker_device(workerinput.get("workerid"), state.settings.worker_devices, case.device)
+    except WorkerDeviceError as exc:
+        problem = str(exc)
+    if problem is not None:  # outside the except block: no chained traceback
+        pytest.fail(f"pytest-customop: {problem}", pytrace=False)
 
 
 # -- fixtures -----------------------------------------------------------------------------------

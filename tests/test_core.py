@@ -307,7 +307,7 @@ BAD_MARKERS = [
     ("3, samples=s", "'op': got 3; 3 (int) is not an op; allowed: a qualname string*"),
     ("samples=s", "'op': got <nothing>; allowed: the op as first argument*"),
     ('"{ns}::mul", samples=3', "'samples': got 3; allowed: a callable*"),
-    ('"{ns}::mul", samples=s, dtypes=["float99"]', "'dtypes': got 'float99'; allowed: torch dtypes or their names (bfloat16, *"),
+    ('"{ns}::mul", samples=s, dtypes=["float99"]', "'dtypes': got 'float99'; allowed: torch dtypes or their names (*bfloat16, *"),
     ('"{ns}::mul", samples=s, dtypes=[]', "'dtypes': got ??; allowed: a non-empty list of torch dtypes"),
     ('"{ns}::mul", samples=s, devices=["gpu"]', "'devices': got 'gpu'; allowed: device strings torch knows*"),
     ('"{ns}::mul", samples=s, checks=["gradchek"]', "'checks': got 'gradchek'; allowed: gradcheck, gradgradcheck, grad_keys, *"),

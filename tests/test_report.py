@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import textwrap
 import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
@@ -12,7 +13,10 @@ from html.parser import HTMLParser
 import pytest
 from report_suite import double_op, suite
 
-REPORT_FIELDS = {"op", "check", "device", "dtype", "outcome", "message", "duration_s", "nodeid", "samples"}
+REPORT_FIELDS = {
+    "op", "check", "device", "dtype", "outcome", "message", "duration_s", "nodeid", "samples",
+    "ran_on", "device_name", "details", "heatmap",
+}
 
 
 @pytest.fixture
@@ -132,7 +136,8 @@ def test_json_file(suite_run, pytester: pytest.Pytester, ns: str) -> None:
     result = suite_run("--customop-report=json:out/report.json")
     result.stdout.fnmatch_lines([f"customop report (json) written to {pytester.path / 'out' / 'report.json'}"])
     document = json.loads((pytester.path / "out" / "report.json").read_text())
-    assert document["version"] == 1
+    assert document["version"] == 2 and document["kind"] == "run"
+    assert document["environment"]["torch"] == document["torch"] and "cpu" in document["environment"]["devices"]
     assert document["seed"] == 1234
     assert "cpu" in document["devices"]
     assert document["torch"].split("+")[0].count(".") == 2
@@ -242,7 +247,9 @@ def test_html_file_is_self_contained_and_escaped(pytester: pytest.Pytester, ns: 
     parser = _HTMLTable()
     parser.feed(text)
     assert "script" not in parser.tags
-    assert parser.cells == ["check", "cpu/float64", "gradcheck", "FAILED"]
+    matrix = parser.cells[parser.cells.index("check"):]  # after the environments table
+    assert len(matrix) == 4 and (matrix[0], matrix[2]) == ("check", "gradcheck")
+    assert matrix[1].startswith("cpu/float64A: cpu") and re.fullmatch(r"FAILED(<1 ms|\d+ ms|[\d.]+ s)", matrix[3])
 
 
 def test_junitxml_properties(suite_run, pytester: pytest.Pytester, ns: str) -> None:

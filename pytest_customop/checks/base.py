@@ -39,6 +39,8 @@ class Finding:
     sample_index: Optional[int]
     message: str
     input_name: Optional[str] = None
+    #: Where an element-by-element comparison disagrees: report.heatmap.difference_grid's dict (builtins).
+    heatmap: Optional[dict[str, Any]] = None
 
 
 @dataclass

@@ -33,6 +33,7 @@ from ..differentiation import (
     worst_mismatch,
 )
 from ..dtypes import Tolerance, dtype_id, is_reference_precision, reference_dtype
+from ..report.heatmap import difference_grid
 from ..torch_internals import make_undefined_grad, replaced_slow_mode_error
 from ._support import gradient_samples
 from .base import Check, CheckContext, CheckResult, Finding, format_user_traceback
@@ -81,6 +82,7 @@ class FiniteDifferenceDiagnosis:
         self.ctx = ctx
         self.eps = eps
         self.tol = tol
+        self.heatmaps: dict[str, dict[str, Any]] = {}  # label -> where its elementwise comparison disagrees
 
     def run(
         self,
@@ -111,6 +113,7 @@ class FiniteDifferenceDiagnosis:
                 if mismatch is None:
                     continue
                 message = f"{what} of input {label}: {mismatch.describe('finite differences', 'backward')}"
+                self.heatmaps[label] = difference_grid(grad, numeric, label.replace("'", ""))
             else:
                 found = directional_mismatch(fn, leaves, position, grad, weights, self.eps, self.tol, generator)
                 if found is None:
@@ -359,15 +362,21 @@ class _GradientCheck(Check):
         eps: float,
         tol: Tolerance,
         elementwise: bool,
+        heatmaps: Optional[dict[str, dict[str, Any]]] = None,
     ) -> list[tuple[str, str]]:
-        """Per-input comparison of backward with finite differences, first or second order."""
+        """Per-input comparison of backward with finite differences, first or second order (``heatmaps``,
+        when given, receives the per-element disagreement of each input compared element by element)."""
         labels = [s.label for s in call.slots]
         diagnosis = FiniteDifferenceDiagnosis(ctx, eps, tol)
         if self.order == 1:
-            return diagnosis.run(call.function(mask), leaves, labels, "gradient", index, elementwise)
-        fn, weights = _gradient_grad_outputs(call, leaves, mask, ctx.generator(index))
-        labels = labels + [f"grad_output[{k}]" for k in range(len(weights))]
-        return diagnosis.run(fn, [*leaves, *weights], labels, "second derivative", index, elementwise)
+            problems = diagnosis.run(call.function(mask), leaves, labels, "gradient", index, elementwise)
+        else:
+            fn, weights = _gradient_grad_outputs(call, leaves, mask, ctx.generator(index))
+            labels = labels + [f"grad_output[{k}]" for k in range(len(weights))]
+            problems = diagnosis.run(fn, [*leaves, *weights], labels, "second derivative", index, elementwise)
+        if heatmaps is not None:
+            heatmaps.update(diagnosis.heatmaps)
+        return problems
 
     def _explain(
         self,
@@ -414,8 +423,9 @@ class _GradientCheck(Check):
         """The finding for derivatives that disagree with finite differences: per input by schema name
         (element by element for small inputs), with why when it can be told; ``fallback`` (label,
         message) is the fast path's own finding, kept when the diagnosis draws other directions."""
+        heatmaps: dict[str, dict[str, Any]] = {}
         try:
-            problems = self._problems(ctx, call, leaves, mask, index, eps, tol, elementwise=True)
+            problems = self._problems(ctx, call, leaves, mask, index, eps, tol, elementwise=True, heatmaps=heatmaps)
         except Exception as exc:  # the diagnosis itself hit the bug: report what was found before
             problems = []
             torch_says = f"{torch_says} (diagnosis failed: {type(exc).__name__}: {exc})"
@@ -439,7 +449,10 @@ class _GradientCheck(Check):
         if problems:
             label, message = problems[0]
             others = f" (also: {', '.join(p[0] for p in problems[1:])})" if len(problems) > 1 else ""
-            return Finding(index, f"{message}{others}{reason} [{mode} mode]{full}", input_name=_slot_name(call, label))
+            return Finding(
+                index, f"{message}{others}{reason} [{mode} mode]{full}", input_name=_slot_name(call, label),
+                heatmap=heatmaps.get(label),
+            )
         return Finding(index, f"torch.autograd.{'gradcheck' if self.order == 1 else 'gradgradcheck'} ({mode} mode): {torch_says}{reason}{full}")
 
     def _full_jacobians(
@@ -487,6 +500,7 @@ class _GradientCheck(Check):
                         f"{what} of the same input values: "
                         + mismatch.describe(dtype_id(ref_dtype), dtype_id(ctx.dtype)),
                         input_name=name,
+                        heatmap=difference_grid(g, e, label.replace("'", "")),
                     )
                 )
         return findings[:1] if findings else []

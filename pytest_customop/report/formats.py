@@ -11,11 +11,14 @@ import os
 import re
 import tempfile
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from .model import OUTCOMES, Report, Row, column_sort_key, worst
 
-__all__ = ["FORMATS", "ReportTarget", "TargetError", "parse_target", "write_report"]
+if TYPE_CHECKING:
+    from .merge import Matrix
+
+__all__ = ["FORMATS", "ReportTarget", "TargetError", "matrix_html", "parse_target", "write_report", "write_text"]
 
 
 class TargetError(ValueError):
@@ -167,84 +170,198 @@ def _md_reasons(report: Report, rows: list[Row]) -> list[str]:
 
 
 # -- HTML -------------------------------------------------------------------------------------------
+# No script and nothing fetched: a cell is a <label> for a hidden checkbox that opens its panel (below the
+# table); "only failures" is a checkbox that CSS :has() reads. Works from a file:// URL, in CI artifacts.
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
 table{border-collapse:collapse;margin:.5em 0}
-th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left}
+th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left;vertical-align:top}
 th{background:#f3f3f3}
-.passed{background:#dff5df}.failed,.error{background:#fbd9d9;font-weight:bold}
-.skipped,.xfailed{background:#fff4cc}.xpassed{background:#ffe3b3;font-weight:bold}
+td.cell label{cursor:pointer;display:block}
+td.cell label:hover{text-decoration:underline}
+td.passed{background:#dff5df}td.failed,td.error{background:#fbd9d9;font-weight:bold}
+td.skipped,td.xfailed{background:#fff4cc}td.xpassed{background:#ffe3b3;font-weight:bold}
+.entry{border-top:1px solid #ddd;padding-top:.3em}
+.conflict{outline:3px solid #8a2be2;outline-offset:-3px}
+.duration,.env-names{display:block;font-weight:normal;font-size:.8em;color:#555}
 code{background:#f5f5f5;padding:0 .2em}
 .warning{color:#a60}
+.opener{display:none}
+.panel{display:none;border:1px solid #999;border-left:6px solid #999;margin:.5em 0;padding:.5em 1em;background:#fff;max-width:75em}
+.opener:checked+.panel,.panel:target{display:block}
+.panel.failed,.panel.error{border-left-color:#c33}
+.panel.skipped,.panel.xfailed,.panel.xpassed{border-left-color:#cb3}
+.panel.passed{border-left-color:#3a3}
+.panel pre{white-space:pre-wrap;word-break:break-word;background:#f7f7f7;padding:.5em;margin:.4em 0}
+.panel .close{float:right;cursor:pointer;color:#555}
+.heatmap{display:block;margin:.3em 0}
+.filter{margin:.5em 0;display:inline-block;cursor:pointer}
+body:has(#only-failures:checked) tr.clean,body:has(#only-failures:checked) section.op.clean{display:none}
 """.strip()
 _HTML_CELL = {"passed": "passed", "failed": "FAILED", "error": "ERROR", "skipped": "skipped", "xfailed": "xfail", "xpassed": "XPASS"}
+_BAD = ("failed", "error", "xpassed")
 
 
 def _h(text: object) -> str:
     return html.escape(str(text), quote=True)
 
 
+def _duration(seconds: float) -> str:
+    if seconds < 0.001:
+        return "<1 ms"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    return f"{seconds:.2f} s"
+
+
 def to_html(report: Report) -> str:
+    """One run's report as a self-contained page (see :func:`matrix_html`)."""
+    from .merge import matrix_from_report
+
+    return matrix_html(matrix_from_report(report), header=report.header_text())
+
+
+def matrix_html(matrix: "Matrix", header: Optional[str] = None) -> str:
+    """The page of a matrix (one run or many merged): per op a table of checks x ``device/dtype`` whose
+    cells open a panel with each run's whole message, the command that reruns it, its duration, where it
+    ran and, for a failed gradient, a heat map of |got - expected|; the environment of every run; a filter
+    that leaves only the failures. One file: inline CSS and SVG, no script, nothing fetched."""
+    from .heatmap import heatmap_svg
+    from .matrix_views import cell_text
+    from .merge import environment_text
+
+    title = "customop report" + (f" merged from {len(matrix.runs)} runs" if matrix.merged else "")
     out = [
         "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8"><title>customop report</title>',
+        f'<html lang="en"><head><meta charset="utf-8"><title>{_h(title)}</title>',
         f"<style>{_CSS}</style></head><body>",
-        "<h1>customop report</h1>",
-        f'<p class="header">{_h(report.header_text())}</p>',
-        f'<p class="totals"><strong>{_h(report.totals_text())}</strong></p>',
+        f"<h1>{_h(title)}</h1>",
     ]
-    for op in report.ops():
-        rows = report.rows_of(op)
-        checks, columns = _grid(report, rows)
-        out.append(f'<section class="op"><h2><code>{_h(op)}</code></h2>')
-        if not checks:  # only items whose marker was rejected: no table, their reasons below
-            out += _html_reasons(report, rows) + ["</section>"]
-            continue
-        out.append("<table><thead><tr><th>check</th>")
-        out.append("".join(f"<th>{_h(c)}</th>" for c in columns) + "</tr></thead><tbody>")
-        for check in checks:
-            out.append(f"<tr><th>{_h(check)}</th>")
+    if header:
+        out.append(f'<p class="header">{_h(header)}</p>')
+    out.append(f'<p class="totals"><strong>{_h(matrix.totals_text())}</strong></p>')
+    out.append('<input type="checkbox" id="only-failures"><label class="filter" for="only-failures"> show only '
+               "failures, errors, XPASS and conflicts</label>")
+    out.append('<table class="environments"><thead><tr><th>env</th><th>machine</th><th>runs</th></tr></thead><tbody>')
+    for label, environment in matrix.environments().items():
+        seeds = {run.source: run.seed for run, run_label in zip(matrix.runs, matrix.labels) if run_label == label}
+        runs = "<br>".join(f"<code>{_h(source)}</code> (seed {_h(seed)})" for source, seed in seeds.items())
+        out.append(f"<tr><th>{_h(label)}</th><td>{_h(environment_text(environment))}</td><td>{runs}</td></tr>")
+    out.append("</tbody></table>")
+    counter = iter(range(1, 10**9))
+    for op in matrix.ops():
+        checks, columns = matrix.checks_of(op), matrix.columns_of(op)
+        op_bad = any(
+            (cell := matrix.cell(op, check, column)) is not None and (cell.conflict or cell.outcome in _BAD)
+            for check in checks for column in columns
+        ) or any(e.row.outcome in _BAD for e in matrix.unplaced if e.row.op == op)
+        heading = f"<code>{_h(op)}</code>" if op else "items whose op is not known"
+        out.append(f'<section class="op{"" if op_bad else " clean"}"><h2>{heading}</h2>')
+        panels: list[str] = []
+        opener_of: dict[int, str] = {}  # id(entry) -> its panel's checkbox id
+        entries_in_order = []
+        if checks:
+            out.append('<table class="matrix"><thead><tr><th>check</th>')
             for column in columns:
-                cell = [r for r in rows if (r.check or "?") == check and r.column == column]
-                if not cell:
-                    out.append("<td>-</td>")
-                    continue
-                outcome = worst([r.outcome for r in cell])
-                title = "; ".join(r.message for r in cell if r.message)
-                out.append(f'<td class="{outcome}" title="{_h(title)}">{_h(_HTML_CELL.get(outcome, outcome))}</td>')
-            out.append("</tr>")
-        out.append("</tbody></table>")
-        out += _html_reasons(report, rows)
-        out.append("</section>")
-    unnamed = report.rows_of(None)
-    if unnamed:
-        out += ['<section class="op"><h2>items whose op is not known</h2>'] + _html_reasons(report, unnamed) + ["</section>"]
-    if report.coverage:
+                names = "; ".join(matrix.column_device_names(op, column)) or ", ".join(matrix.column_labels(op, column))
+                out.append(f'<th>{_h(column)}<span class="env-names">{_h(names)}</span></th>')
+            out.append("</tr></thead><tbody>")
+            for check in checks:
+                cells_html = []
+                row_bad = False
+                for column in columns:
+                    cell = matrix.cell(op, check, column)
+                    if cell is None:
+                        cells_html.append('<td class="empty">-</td>')
+                        continue
+                    bad = cell.conflict or cell.outcome in _BAD
+                    row_bad = row_bad or bad
+                    opener = f"cell-{next(counter)}"
+                    for entry in cell.entries:
+                        opener_of[id(entry)] = opener
+                    entries_in_order.append((opener, check, column, cell))
+                    text = cell_text(cell, _HTML_CELL)
+                    classes = f"cell {cell.outcome}" + (" conflict" if cell.conflict else "")
+                    cells_html.append(
+                        f'<td class="{classes}" data-op="{_h(op or "")}" data-check="{_h(check)}" data-column="{_h(column)}">'
+                        f'<label for="{opener}">{_h(text)}</label><span class="duration">{_h(_duration(cell.duration_s))}</span></td>'
+                    )
+                out.append(f'<tr class="check-row{"" if row_bad else " clean"}"><th>{_h(check)}</th>' + "".join(cells_html) + "</tr>")
+            out.append("</tbody></table>")
+            for opener, check, column, cell in entries_in_order:
+                panels.append(_html_panel(matrix, opener, f"{check} {column}", cell.entries, heatmap_svg, cell.conflict))
+        for entry in [e for e in matrix.unplaced if e.row.op == op]:
+            opener = f"cell-{next(counter)}"
+            opener_of[id(entry)] = opener
+            panels.append(_html_panel(matrix, opener, entry.row.nodeid, [entry], heatmap_svg, False))
+        reasons = []
+        for entry in [e for e in matrix.failures() if e.row.op == op]:
+            where = entry.row.where() + (f" [{entry.label}]" if matrix.merged else "")
+            reasons.append(
+                f'<li class="{entry.row.outcome}-reason"><label for="{opener_of[id(entry)]}"><strong>{_h(entry.row.outcome.upper())}</strong> '
+                f"{_h(where)}</label>: {_h(entry.row.message or '(no message)')}<br>reproduce: <code>{_h(matrix.repro(entry))}</code></li>"
+            )
+        if reasons:
+            out += ['<ul class="reasons">'] + reasons + ["</ul>"]
+        out += ['<div class="panels">'] + panels + ["</div>", "</section>"]
+    conflicts = matrix.conflicts()
+    if conflicts:
+        out.append('<section class="conflicts"><h2>conflicts</h2><ul>')
+        for op, check, column, cell in conflicts:
+            outcomes = ", ".join(f"{o} in {label}" for label, o in cell.outcome_by_label().items())
+            out.append(f"<li><code>{_h(op)}</code> {_h(check)} {_h(column)}: {_h(outcomes)}</li>")
+        out.append("</ul></section>")
+    coverage = matrix.coverage()
+    if coverage:
         out.append('<section class="coverage"><h2>coverage</h2><ul>')
-        for entry in sorted(report.coverage, key=lambda c: c.namespace):
-            untested = ", ".join(f"<code>{_h(n)}</code>" for n in entry.untested) or "none"
-            no_autograd = ", ".join(f"<code>{_h(n)}</code>" for n in entry.no_autograd) or "none"
+        for namespace in coverage:
+            untested = ", ".join(f"<code>{_h(n)}</code>" for n in namespace.untested) or "none"
+            no_autograd = ", ".join(f"<code>{_h(n)}</code>" for n in namespace.no_autograd) or "none"
             out.append(
-                f"<li>namespace <code>{_h(entry.namespace)}</code> ({len(entry.ops)} op(s)): "
+                f"<li>namespace <code>{_h(namespace.namespace)}</code> ({len(namespace.ops)} op(s)): "
                 f"not tested: {untested}; no autograd formula: {no_autograd}</li>"
             )
         out.append("</ul></section>")
-    for warning in report.warnings:
+    for warning in matrix.warnings():
         out.append(f'<p class="warning"><strong>warning:</strong> {_h(warning)}</p>')
     out.append("</body></html>")
     return "\n".join(out) + "\n"
 
 
-def _html_reasons(report: Report, rows: list[Row]) -> list[str]:
-    items = []
-    for row in rows:
-        if row.outcome in ("failed", "error"):
-            where = row.where()
-            items.append(
-                f'<li class="{row.outcome}-reason"><strong>{_h(row.outcome.upper())}</strong> {_h(where)}: '
-                f"{_h(row.message or '(no message)')}<br>reproduce: <code>{_h(report.repro(row))}</code></li>"
+def _html_panel(matrix: "Matrix", opener: str, what: str, entries: list, heatmap_svg: Callable, conflict: bool) -> str:
+    """The panel a cell opens: every run's result in it, whole message, reproduce command, heat map."""
+    outcome = worst([e.row.outcome for e in entries])
+    parts = [
+        f'<input type="checkbox" class="opener" id="{opener}">',
+        f'<div class="panel {outcome}" id="{opener}-panel"><label class="close" for="{opener}">close</label>',
+        f"<h3>{_h(what)}{' (conflict: the runs disagree)' if conflict else ''}</h3>",
+    ]
+    for entry in entries:
+        row = entry.row
+        ran = row.ran_on or row.device or "?"
+        if row.device_name:
+            ran += f" ({row.device_name})"
+        source = matrix.runs[entry.run].source
+        parts.append(
+            f'<div class="entry {row.outcome}"><p><strong>{_h(_HTML_CELL.get(row.outcome, row.outcome))}</strong> '
+            f"in env {_h(entry.label)} (<code>{_h(source)}</code>), ran on {_h(ran)}, "
+            f"{_h(_duration(row.duration_s))}<br><code>{_h(row.nodeid)}</code></p>"
+        )
+        text = row.details or row.message
+        if text:
+            parts.append(f'<pre class="message">{_h(text)}</pre>')
+        if row.outcome != "passed" and matrix.repro(entry) not in text:
+            parts.append(f'<p class="repro">reproduce: <code>{_h(matrix.repro(entry))}</code></p>')
+        if row.heatmap:
+            shape = "x".join(str(n) for n in row.heatmap.get("shape", [])) or "scalar"
+            parts.append(
+                f'<figure class="heatmap-figure">{heatmap_svg(row.heatmap)}<figcaption>where the gradient of '
+                f"input {_h(row.heatmap.get('input') or '?')} ({_h(shape)}) disagrees: |got - expected| per element "
+                "(white: agrees; red: the worst; black: NaN/inf; larger inputs max-pooled)</figcaption></figure>"
             )
-    return ["<ul>"] + items + ["</ul>"] if items else []
+        parts.append("</div>")
+    parts.append("</div>")
+    return "".join(parts)
 
 
 def _umask() -> int:
@@ -260,20 +377,24 @@ FORMATS: dict[str, Callable[[Report], str]] = {"json": to_json, "md": to_markdow
 def write_report(report: Report, target: ReportTarget) -> str:
     """Write ``report`` to ``target.path`` atomically (missing folders created); returns the path."""
     assert target.path is not None
-    text = FORMATS[target.format](report)
-    folder = os.path.dirname(target.path)
+    return write_text(FORMATS[target.format](report), target.path)
+
+
+def write_text(text: str, path: str) -> str:
+    """Write ``text`` to ``path`` atomically: a temporary file beside it, then renamed over it."""
+    folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=folder, prefix=".customop-report-", suffix=".tmp")
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             stream.write(text)
         os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it private; give it a normal file's mode
-        os.replace(temporary, target.path)
+        os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):
             os.unlink(temporary)
         raise
-    return target.path
+    return path
 
 
 assert set(_MD_CELL) == set(OUTCOMES) == set(_HTML_CELL)

@@ -22,8 +22,10 @@ __all__ = [
     "repro_command",
 ]
 
-#: Version of the JSON document; raised when a field changes meaning or disappears.
-REPORT_VERSION = 1
+#: Version of the JSON document; raised when a field changes meaning or disappears (published as the
+#: JSON Schema ``report-customop.schema.json`` in this package, see docs/report.md). Version 2 added
+#: ``kind``, ``environment`` and the per-result ``ran_on``, ``device_name``, ``details`` and ``heatmap``.
+REPORT_VERSION = 2
 
 #: Every outcome a row can have, best first.
 OUTCOMES = ("passed", "failed", "skipped", "xfailed", "xpassed", "error")
@@ -68,6 +70,7 @@ class Phase:
     message: str = ""
     wasxfail: Optional[str] = None  # set when the item is marked xfail
     duration: float = 0.0
+    details: str = ""  # the whole message (every line of a failure, with its reproduce command)
 
 
 @dataclass
@@ -82,6 +85,12 @@ class ItemOutcome:
     @property
     def duration(self) -> float:
         return sum(p.duration for p in self.phases)
+
+    def details(self) -> str:
+        """The whole message of the phase that decides the outcome (a failure's or a skip's)."""
+        deciding = next((p for p in self.phases if p.when == "call" and p.outcome == "failed"), None)
+        deciding = deciding or next((p for p in self.phases if p.outcome != "passed"), None)
+        return deciding.details if deciding is not None else ""
 
     def outcome(self) -> tuple[str, str]:
         """``(outcome, message)``: pytest's own rules, in the report's vocabulary.
@@ -125,6 +134,12 @@ class Row:
     duration_s: float
     nodeid: str
     samples: Optional[dict[str, int]] = None
+    ran_on: Optional[str] = None  # the concrete device: "cuda:1" for an item on "cuda" run by worker gw1
+    device_name: Optional[str] = None  # "NVIDIA H200", the CPU's model name
+    details: str = ""  # the whole message (the one-line ``message`` is its summary)
+    #: For a failed gradient: ``{"input", "shape", "grid"}``, |got - expected| per element of that input,
+    #: max-pooled to a small 2-D grid (see report/heatmap.py).
+    heatmap: Optional[dict[str, Any]] = None
 
     @property
     def column(self) -> str:
@@ -146,6 +161,10 @@ class Row:
             "duration_s": round(self.duration_s, 6),
             "nodeid": self.nodeid,
             "samples": dict(self.samples) if self.samples is not None else None,
+            "ran_on": self.ran_on,
+            "device_name": self.device_name,
+            "details": self.details,
+            "heatmap": self.heatmap,
         }
 
 
@@ -180,6 +199,8 @@ class Report:
     warnings: list[str] = field(default_factory=list)
     #: Check names in the order their items were collected (a marker's checks=, else registration order).
     check_order: list[str] = field(default_factory=list)
+    #: The machine the run used (devices.run_environment): torch, cuda, rocm, python, platform, device names.
+    environment: dict[str, Any] = field(default_factory=dict)
 
     def check_sort_key(self, check: Optional[str]) -> tuple:
         name = check or ""
@@ -229,12 +250,15 @@ class Report:
         """The JSON document (see docs/report.md); rows sorted so that runs compare equal."""
         return {
             "version": REPORT_VERSION,
+            "kind": "run",
             "torch": self.torch,
             "seed": self.seed,
             "devices": list(self.devices),
             "results": [row.to_json() for row in self.sorted_rows()],
             "coverage": [c.to_json() for c in sorted(self.coverage, key=lambda c: c.namespace)],
             "warnings": list(self.warnings),
+            "environment": dict(self.environment),
+            "check_order": list(self.check_order),
         }
 
 

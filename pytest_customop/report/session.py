@@ -27,6 +27,7 @@ __all__ = ["ReportPlugin", "XdistReportHooks"]
 
 _meta_key = pytest.StashKey[Optional[dict]]()
 _outcome_key = pytest.StashKey[ItemOutcome]()
+_where_key = pytest.StashKey[dict[str, str]]()
 _WORKEROUTPUT_KEY = "customop_report"
 
 
@@ -90,7 +91,17 @@ def report_phase(report: pytest.TestReport) -> Phase:
         message=report_message(report),
         wasxfail=getattr(report, "wasxfail", None),
         duration=float(getattr(report, "duration", 0.0) or 0.0),
+        details=report_details(report),
     )
+
+
+def report_details(report: pytest.TestReport) -> str:
+    """The whole message of a failed or skipped report (every line of a failure), for the HTML report."""
+    longrepr = report.longrepr
+    if longrepr is None or report.passed:
+        return ""
+    text = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+    return _strip_prefix(str(text).strip())[:20000]
 
 
 def _samples_text(samples: Optional[dict]) -> str:
@@ -115,6 +126,7 @@ class ReportPlugin:
         # What the workers found (torch version, devices), so that the controller need not import torch.
         self.worker_torch: Optional[str] = None
         self.worker_devices: list[str] = []
+        self.worker_environment: dict = {}
         self.report: Optional[Report] = None
         self.written: list[ReportTarget] = []
         self._items_sent = False
@@ -147,6 +159,14 @@ class ReportPlugin:
                 samples={"checked": int(result.samples_checked), "total": int(result.samples_total)},
                 notes=[str(note) for note in result.notes],
             )
+            from .heatmap import finding_heatmap
+
+            info.update(finding_heatmap(result))
+        if report.when == "setup" and report.passed and meta.get("device"):  # it runs: on which device
+            from ..devices import where_item_runs
+
+            item.stash[_where_key] = where_item_runs(meta["device"])
+        info.update(item.stash.get(_where_key, None) or {})
         report.customop = info  # builtins only: pytest-xdist serializes the report's attributes
         if self.enabled and not self.is_controller and not self._items_sent:
             # The first report a worker sends carries every item it collected, so that the controller
@@ -189,13 +209,14 @@ class ReportPlugin:
         if hasattr(self.config, "workerinput"):
             import torch
 
-            from ..devices import available_devices
+            from ..devices import available_devices, run_environment
             from .coverage import namespace_ops
 
             self.config.workeroutput[_WORKEROUTPUT_KEY] = {  # type: ignore[attr-defined]  # set by pytest-xdist
                 "coverage": namespace_ops(self._namespaces(self.items.values())),
                 "torch": str(torch.__version__),
                 "devices": available_devices(),
+                "environment": run_environment(),
             }
             return
         if not self.config.pluginmanager.hasplugin("dsession"):
@@ -218,6 +239,7 @@ class ReportPlugin:
             return
         self.workers_reported.append(worker_id)
         self.worker_torch = output.get("torch", self.worker_torch)
+        self.worker_environment = output.get("environment", self.worker_environment)
         for device in output.get("devices", []):
             if device not in self.worker_devices:
                 self.worker_devices.append(device)
@@ -234,12 +256,13 @@ class ReportPlugin:
         """The report of everything gathered so far."""
         if self.worker_torch is not None:  # a pytest-xdist controller: the workers said
             torch_version, devices = self.worker_torch, list(self.worker_devices)
+            environment = dict(self.worker_environment)
         else:
             import torch
 
-            from ..devices import available_devices
+            from ..devices import available_devices, run_environment
 
-            torch_version, devices = str(torch.__version__), available_devices()
+            torch_version, devices, environment = str(torch.__version__), available_devices(), run_environment()
         settings = self.session.settings
         rows = []
         for nodeid, phases in self.outcomes.items():
@@ -262,6 +285,10 @@ class ReportPlugin:
                     phases.duration,
                     nodeid,
                     meta.get("samples"),
+                    ran_on=meta.get("ran_on"),
+                    device_name=meta.get("device_name"),
+                    details=phases.details(),
+                    heatmap=meta.get("heatmap"),
                 )
             )
         warnings_: list[str] = []
@@ -307,6 +334,7 @@ class ReportPlugin:
             rows=rows,
             coverage=coverage,
             warnings=warnings_,
+            environment=environment,
         )
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
