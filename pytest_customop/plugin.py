@@ -246,7 +246,9 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     discovered = state.discover(session, namespaces, covered)
     items.extend(discovered)
     # Reported like a collector's result, so "collected N items" counts them.
-    config.hook.pytest_collectreport(report=pytest.CollectReport("customop", "passed", None, list[pytest.Item | pytest.Collector](discovered)))
+    config.hook.pytest_collectreport(
+        report=pytest.CollectReport("customop", "passed", None, list[pytest.Item | pytest.Collector](discovered))
+    )
 
 
 @pytest.hookimpl(tryfirst=True)
