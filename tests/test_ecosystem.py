@@ -299,3 +299,23 @@ def test_the_startup_benchmark_runs_and_the_plugin_imports_no_torch(tmp_path):
     figures = json.loads(out.read_text())
     assert figures["torch_imported"] is False
     assert figures["with_plugin_s"] > 0 and figures["without_plugin_s"] > 0
+
+
+# -- the json report says what wrote it, and when -----------------------------------------------------
+def test_the_json_report_names_the_plugin_pytest_and_torch_and_when(pytester, ns, run):
+    from datetime import datetime, timedelta, timezone
+
+    import torch
+
+    import pytest_customop
+
+    pytester.makepyfile(test_ops=OPS.format(ns=ns) + marked("good"))
+    before = datetime.now(timezone.utc).replace(microsecond=0)
+    run("--customop-report=json:report.json").assert_outcomes(passed=1)
+    document = json.loads((pytester.path / "report.json").read_text())
+    environment = document["environment"]
+    assert environment["pytest_customop"] == pytest_customop.__version__
+    assert environment["pytest"] == pytest.__version__
+    assert environment["torch"] == torch.__version__
+    created = datetime.fromisoformat(document["created"])
+    assert created.tzinfo is not None and before <= created <= datetime.now(timezone.utc) + timedelta(seconds=1)

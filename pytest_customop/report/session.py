@@ -13,6 +13,7 @@ which only workers can see (the controller never imports test modules).
 from __future__ import annotations
 
 import warnings
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Optional
 
 import pytest
@@ -335,6 +336,7 @@ class ReportPlugin:
             coverage=coverage,
             warnings=warnings_,
             environment=environment,
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         )
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
