@@ -54,8 +54,11 @@ class Option:
     is_flag: bool = False  # a command-line switch without a value
 
     @property
-    def ini_type(self) -> Literal["bool", "string"]:
-        return "bool" if self.is_flag else "string"
+    def ini_type(self) -> Literal["bool", "int", "string"]:
+        """The ini key's type for pytest (``int`` where pytest knows it: 9.x; else a string this module parses)."""
+        if self.is_flag:
+            return "bool"
+        return "int" if self.parse is _non_negative_int else "string"
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -166,7 +169,7 @@ def resolve_settings(cli: Mapping[str, Any], env: Mapping[str, str], ini: Callab
             raw, source = env.get(option.env), f"environment variable {option.env}"
         if raw in (None, ""):
             raw, source = ini(option.ini), f"ini key {option.ini}"
-        if raw in (None, "", [], False):
+        if raw is None or raw is False or (isinstance(raw, (str, list)) and not raw):  # not `in`: 0 == False
             values[option.dest] = option.default
             continue
         if isinstance(raw, bool):

@@ -38,11 +38,15 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("customop", "verify PyTorch custom operators (pytest-customop)")
     for option in OPTIONS:
+        sources = f" Env: {option.env}; ini: {option.ini}."  # every name of the setting, in --help
         if option.is_flag:
-            group.addoption(option.flag, action="store_true", default=None, dest=option.dest, help=option.help)
+            group.addoption(option.flag, action="store_true", default=None, dest=option.dest, help=option.help + sources)
         else:
-            group.addoption(option.flag, default=None, dest=option.dest, metavar=option.metavar, help=option.help)
-        parser.addini(option.ini, type=option.ini_type, default=None, help=f"{option.help} Env: {option.env}.")
+            group.addoption(option.flag, default=None, dest=option.dest, metavar=option.metavar, help=option.help + sources)
+        try:
+            parser.addini(option.ini, type=option.ini_type, default=None, help=f"{option.help} Env: {option.env}.")
+        except (AssertionError, ValueError):  # pytest < 9 has no "int" ini type: a string the plugin parses
+            parser.addini(option.ini, type="string", default=None, help=f"{option.help} Env: {option.env}.")
     # Not in OPTIONS: repeatable on the command line, a list in the ini file.
     group.addoption(
         "--customop-namespace",
@@ -88,7 +92,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if workerinput is not None and "customop_seed" in workerinput:
         cli["customop_seed"] = str(workerinput["customop_seed"])  # the controller's seed, on every worker
     try:
-        settings = resolve_settings(cli, os.environ, config.getini)
+        settings = resolve_settings(cli, os.environ, lambda name: _ini_value(config, name))
     except SettingsError as exc:
         raise pytest.UsageError(f"pytest-customop: {exc}") from None
     session = config.stash[session_key] = CustomOpSession(config, settings)
@@ -100,6 +104,13 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.dist = "no"  # list in this process: pytest-xdist's workers would list nothing
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(_XdistHooks(), "customop-xdist")
+
+
+def _ini_value(config: pytest.Config, name: str) -> Any:
+    try:
+        return config.getini(name)
+    except (TypeError, ValueError, pytest.UsageError) as exc:  # a typed key's value pytest cannot convert (int: "abc")
+        raise SettingsError(f"ini key {name}: {exc}") from None
 
 
 def _configure_report(session: CustomOpSession) -> None:

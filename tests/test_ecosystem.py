@@ -319,3 +319,41 @@ def test_the_json_report_names_the_plugin_pytest_and_torch_and_when(pytester, ns
     assert environment["torch"] == torch.__version__
     created = datetime.fromisoformat(document["created"])
     assert created.tzinfo is not None and before <= created <= datetime.now(timezone.utc) + timedelta(seconds=1)
+
+
+# -- settings: typed ini keys, every environment variable in --help ------------------------------------
+def test_help_names_every_settings_environment_variable_and_ini_key(pytester):
+    from pytest_customop.options import OPTIONS
+
+    text = " ".join(pytester.runpytest("--help").stdout.str().split())  # --help wraps its lines
+    for option in OPTIONS:
+        flag_help = text[text.index(f"{option.flag}") :]
+        assert f"Env: {option.env}; ini: {option.ini}." in flag_help[:600], option.flag
+    assert "Env: CUSTOMOP_NAMESPACES" in text
+
+
+SEED_PROBE = """
+import pytest
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config):
+    from pytest_customop.session import session_key
+    print("SEED", config.stash[session_key].settings.seed)
+"""
+
+
+def test_integer_ini_keys_are_integers(pytester):
+    pytester.makepyfile(seed_probe=SEED_PROBE)
+    pytester.makeini("[pytest]\ncustomop_seed = 0\n")  # 0 is a seed, not "absent"
+    pytester.runpytest_subprocess("-p", "seed_probe", "--co", "-s").stdout.fnmatch_lines(["SEED 0"])
+    pytester.makeini("[pytest]\ncustomop_seed = abc\n")
+    result = pytester.runpytest_subprocess("-p", "seed_probe", "--co")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: pytest-customop: ini key customop_seed*abc*"])
+    if int(pytest.__version__.split(".")[0]) < 9:
+        return  # pytest 7.4 and 8 know no "int" ini type: the plugin parses the string
+    (pytester.path / "tox.ini").unlink()
+    pytester.makepyprojecttoml("[tool.pytest]\ncustomop_seed = 7\n")  # pytest 9's native TOML: an int
+    result = pytester.runpytest_subprocess("-p", "seed_probe", "--co", "-s", "-W", "error::pytest.PytestDeprecationWarning")
+    result.stdout.fnmatch_lines(["SEED 7"])
+    assert "customop_seed (int)" in pytester.runpytest("--help").stdout.str()
