@@ -130,3 +130,14 @@ def test_torch_versions_below_the_floor_are_refused_with_one_message(version, su
     assert (reason is None) == supported
     if not supported:
         assert reason == f"torch {version} is installed; pytest-customop needs torch>=2.4 (pip install 'torch>=2.4')"
+
+
+def test_an_unsupported_torch_stops_pytest_at_start_with_one_message(pytester, monkeypatch):
+    from pytest_customop import torch_support
+
+    monkeypatch.setattr(torch_support, "_installed_torch", lambda: "2.3.1")
+    pytester.makepyfile(test_plain="def test_nothing():\n    pass\n")
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: pytest-customop: torch 2.3.1 is installed; pytest-customop needs torch>=2.4 *"])
+    assert not any("passed" in line for line in result.outlines)  # nothing ran
