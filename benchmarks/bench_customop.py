@@ -287,6 +287,32 @@ def bench_large(sizes: Sizes) -> list[dict[str, Any]]:
          "torch gradcheck defaults", "defaults/plugin"],
         rows,
     )
+    float32_rows = []
+    for op_key, (op_name, fn, arity) in workloads.OPS.items():
+        for size in sizes.large_sizes:
+            samples = workloads.make_samples(arity, size)
+            inputs32 = [t.detach().requires_grad_(True) for t in next(iter(samples("cpu", torch.float32, True))).args]
+
+            def forward_backward32(fn: Callable = fn, inputs32: list = inputs32) -> None:
+                out = fn(*inputs32)
+                out.backward(torch.ones_like(out))
+
+            gc32 = plugin_check(op_name, samples, torch.float32, "gradcheck")
+            repeat = max(3, sizes.repeat // (2 if size >= 512 else 1))
+            times = interleaved({"fwd+bwd": forward_backward32, "plugin": gc32,
+                                 "raw": raw_check("gradcheck", fn, samples, torch.float32)}, repeat)
+            fb = times["fwd+bwd"]
+            results.append(dict(op=op_key, size=f"{size}x{size}", dtype="float32", forward_backward_s=fb,
+                                plugin_gradcheck_s=times["plugin"], raw_gradcheck_s=times["raw"]))
+            float32_rows.append([op_key, f"{size}x{size}", fmt_time(fb), fmt_time(times["raw"]), fmt_time(times["plugin"]),
+                                 f"{times['plugin'] / times['raw'] - 1:+.0%}", f"{times['plugin'] / fb:.1f}x"])
+    table(
+        "float32-only marker: gradcheck against float64 gradients proven by finite differences (plugin vs raw torch)",
+        ["op", "input", "fwd+bwd (f32)", "raw torch", "plugin gradcheck", "overhead", "/fwd+bwd"],
+        float32_rows,
+    )
+    print("\nraw torch: the float32 backward, the float64 backward of the same values, their comparison and the")
+    print("float64 reference's proof (one central difference along a joint random direction: two forwards).")
     print("\ntorch gradcheck defaults = torch.autograd.gradcheck(fn, inputs) (slow mode: the full Jacobian).")
     print("Measured at " + ", ".join(f"{s}x{s}" for s in sizes.full_jacobian_sizes)
           + (f" and {sizes.measured_full_jacobian}x{sizes.measured_full_jacobian} (elementwise)" if sizes.measured_full_jacobian else "")

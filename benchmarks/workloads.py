@@ -153,9 +153,30 @@ def raw_gradcheck(fn: Callable, inputs: Sequence[torch.Tensor], fast: bool) -> N
     w = _randn(out.shape, g, torch.float64)
     got = torch.autograd.grad(out, xs, w.to(out.dtype))
     refs = [t.detach().double().requires_grad_(True) for t in inputs]
-    expected = torch.autograd.grad(fn(*refs), refs, w)
+    ref_out = fn(*refs)
+    expected = torch.autograd.grad(ref_out, refs, w)
+    _prove_joint(fn, refs, expected, w, ref_out.detach(), g)
     for a, b in zip(got, expected):
         torch.testing.assert_close(a.double(), b, atol=1e-4, rtol=1e-4)
+
+
+def _prove_joint(
+    fn: Callable, inputs: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], w: torch.Tensor, out: torch.Tensor,
+    g: torch.Generator,
+) -> None:
+    """The float64 reference proven as the plugin proves it: one central difference along a random
+    direction moving every input at once (two forwards)."""
+    eps = 1e-6
+    ds = [_randn(x.shape, g, x.dtype) for x in inputs]
+    with torch.no_grad():
+        plus = float((w * fn(*[x.detach() + eps * d for x, d in zip(inputs, ds)])).sum())
+        minus = float((w * fn(*[x.detach() - eps * d for x, d in zip(inputs, ds)])).sum())
+    numeric = (plus - minus) / (2 * eps)
+    analytic = sum(float((gr * d).sum()) for gr, d in zip(grads, ds))
+    numel = sum(x.numel() for x in inputs)
+    rounding = float((w * out).pow(2).sum().sqrt())
+    if abs(numeric - analytic) > 1e-5 * numel**0.5 + 1e-3 * abs(numeric) + 32 * 2.2e-16 * rounding / eps:
+        raise AssertionError(f"reference: {analytic} vs {numeric}")
 
 
 def raw_gradgradcheck(fn: Callable, inputs: Sequence[torch.Tensor], fast: bool) -> None:
@@ -170,6 +191,27 @@ def raw_gradgradcheck(fn: Callable, inputs: Sequence[torch.Tensor], fast: bool) 
         return
     got = _second_order_vjp(fn, inputs, inputs[0].dtype)
     expected = _second_order_vjp(fn, inputs, torch.float64)
+    # the float64 reference proven as the plugin does: two first derivatives along a joint direction
+    g = torch.Generator().manual_seed(2)
+    xs = [t.detach().double().requires_grad_(True) for t in inputs]
+    with torch.no_grad():
+        w = _randn(fn(*xs).shape, g, torch.float64)
+    w.requires_grad_(True)
+    first = _first_derivative(fn, len(xs))
+    directions = [_randn(x.shape, g, torch.float64) for x in xs]
+    second = torch.autograd.grad(first(*xs, w), [*xs, w], directions, allow_unused=True)
+    values = [v.detach() for v in (*xs, w)]
+    ds = [_randn(v.shape, g, torch.float64) for v in values]
+    eps = 1e-6
+
+    def h(shift: float) -> float:
+        moved = [v + shift * d for v, d in zip(values, ds)]
+        return float(sum((f.detach() * d).sum() for f, d in zip(first(*moved), directions)))
+
+    numeric = (h(eps) - h(-eps)) / (2 * eps)
+    analytic = sum(float((s * d).sum()) for s, d in zip(second, ds) if s is not None)
+    if abs(numeric - analytic) > 1e-5 * sum(v.numel() for v in values) ** 0.5 + 1e-3 * abs(numeric) + 1e-8:
+        raise AssertionError(f"reference second derivatives: {analytic} vs {numeric}")
     for a, b in zip(got, expected):
         torch.testing.assert_close(a.double(), b, atol=1e-4, rtol=1e-4)
 

@@ -45,7 +45,7 @@ def build_cases(spec: CustomOpSpec, registry: CheckRegistry, settings: Settings)
     for device in devices:
         device_reason = unavailable_reason(device)
         if device_reason is None and spec.devices and settings.devices and device not in settings.devices:
-            device_reason = f"{device} is not selected (--customop-devices={','.join(settings.devices)})"
+            device_reason = f"{device} is not selected ({settings.source_of('customop_devices')})"
         for dtype in spec.dtypes:
             for check in checks:
                 reason = device_reason or registry[check].not_applicable(spec.op, spec)

@@ -65,8 +65,10 @@ class NoUsableSamples(Exception):
 
 
 def _how_to_give_samples(op: ResolvedOp) -> str:
+    function = getattr(op, "function", None)  # an autograd.Function is named by its class, not a string
+    target = function.__name__ if function is not None else repr(op.name)
     return (
-        f"give the op inputs it accepts: @pytest.mark.customop({op.name!r}, samples=my_samples), where "
+        f"give the op inputs it accepts: @pytest.mark.customop({target}, samples=my_samples), where "
         "my_samples(device, dtype, requires_grad) yields pytest_customop.SampleInput(...)"
     )
 

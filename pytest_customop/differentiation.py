@@ -120,19 +120,31 @@ class OpCall:
         """Which outputs of a forward with grad enabled carry a gradient back to the inputs."""
         return [_is_diff_tensor(o) and o.requires_grad for o in outputs]
 
-    def with_dtype(self, dtype: torch.dtype) -> "OpCall":
-        """The same sample with every floating (or complex) tensor converted to ``dtype``'s kind:
-        values kept, so a float64 reference sees exactly the numbers a float32 run saw."""
+    def with_dtype(self, dtype: torch.dtype, source: Optional[Sequence[torch.dtype]] = None) -> "OpCall":
+        """The same sample with the tensors built at the item's dtype converted to ``dtype``'s kind:
+        values kept, so a float64 reference sees exactly the numbers a float32 run saw.
+
+        ``source``: the dtypes converted (with their real/complex counterparts); by default those of the
+        inputs that require grad (all floating and complex tensors when none does). Tensors of other
+        dtypes (a float32 buffer in a float16 sample, int64 indices) keep theirs: the op may need them so."""
+        if source is None:
+            source = [t.dtype for t in self._originals] or None
+        converted = None if source is None else {d for s in source for d in (s, _counterpart(s))}
 
         def convert(t: torch.Tensor) -> torch.Tensor:
-            if not is_differentiable_dtype(t.dtype):
+            if not is_differentiable_dtype(t.dtype) or (converted is not None and t.dtype not in converted):
                 return t
-            target = dtype if t.dtype.is_complex == dtype.is_complex else (
-                torch.complex128 if t.dtype.is_complex else torch.float64
-            )
+            target = dtype if t.dtype.is_complex == dtype.is_complex else _counterpart(dtype)
             return t.detach().to(target).requires_grad_(t.requires_grad)
 
         return OpCall(self.op, self.sample.map(convert))
+
+
+def _counterpart(dtype: torch.dtype) -> torch.dtype:
+    """float32 <-> complex64, float64 <-> complex128 (others: themselves)."""
+    pairs = {torch.float32: torch.complex64, torch.float64: torch.complex128, torch.float16: torch.complex32}
+    pairs.update({v: k for k, v in pairs.items()})
+    return pairs.get(dtype, dtype)
 
 
 def random_like(t: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -263,14 +275,16 @@ class Mismatch:
     tolerance: Tolerance
     mismatched: int
     total: int
+    allowed: float = float("nan")  # the error allowed at the worst element
 
     def describe(self, expected_from: str, got_from: str) -> str:
         where = f"at index {self.index}" if self.index else "at its only element"
+        allowed = f" = {self.allowed:.3g} here" if self.tolerance.atol_scale and self.allowed == self.allowed else ""
         return (
             f"{self.mismatched} of {self.total} element(s) differ; worst {where}: "
             f"expected {_fmt(self.expected)} ({expected_from}), got {_fmt(self.got)} ({got_from}); "
             f"abs err {self.abs_err:.3g}, rel err {self.rel_err:.3g} "
-            f"(allowed: atol {self.tolerance.atol:g} + rtol {self.tolerance.rtol:g} * |expected|)"
+            f"(allowed: {self.tolerance.describe()}{allowed})"
         )
 
 
@@ -282,6 +296,9 @@ def _fmt(value: complex | float) -> str:
 
 def worst_mismatch(got: Optional[torch.Tensor], expected: Optional[torch.Tensor], tol: Tolerance) -> Optional[Mismatch]:
     """The worst element where ``got`` and ``expected`` differ beyond ``tol``, or None when all agree.
+
+    Element ``i`` agrees when ``|got_i - expected_i| <= atol + rtol * |expected_i| + atol_scale * max|expected|``
+    (:class:`~pytest_customop.dtypes.Tolerance`; the maximum over the finite elements of ``expected``).
 
     Missing gradients (None) count as zeros; shapes must agree (validated elsewhere).
     """
@@ -297,7 +314,11 @@ def worst_mismatch(got: Optional[torch.Tensor], expected: Optional[torch.Tensor]
     if g.shape != e.shape:
         g = g.expand_as(e) if g.dim() <= e.dim() else g
     diff = (g - e).abs().double()
-    allowed = tol.atol + tol.rtol * e.abs().double()
+    magnitude = e.abs().double()
+    # The scale term: the largest finite |expected| (an inf or NaN expected must not excuse everything).
+    finite = magnitude[torch.isfinite(magnitude)]
+    expected_max = float(finite.max().item()) if tol.atol_scale and finite.numel() else 0.0
+    allowed = tol.atol + tol.rtol * magnitude + tol.atol_scale * expected_max
     bad = ~(diff <= allowed)  # catches NaN too
     if not bool(bad.any()):
         return None
@@ -317,4 +338,5 @@ def worst_mismatch(got: Optional[torch.Tensor], expected: Optional[torch.Tensor]
         tolerance=tol,
         mismatched=int(bad.sum().item()),
         total=e.numel(),
+        allowed=float(allowed.reshape(-1)[flat].item()),
     )

@@ -41,6 +41,24 @@ class Expectation:
         object.__setattr__(self, "dtypes", _as_tuple(dtypes))
         object.__setattr__(self, "devices", _as_tuple(devices))
 
+    def field_problem(self, known_checks: Sequence[str]) -> Optional[str]:
+        """What is wrong with this expectation's fields (a typo in ``checks=``, a reason that is not
+        text), or None. ``dtypes=`` and ``devices=`` are checked by the marker, which knows torch."""
+        kind = type(self).__name__
+        if not isinstance(self.reason, str) or not self.reason.strip():
+            return f"{kind}'s reason must be a non-empty string, got {self.reason!r}"
+        for field_name in ("checks", "devices"):
+            for value in getattr(self, field_name) or ():
+                if not isinstance(value, str):
+                    return f"{kind}'s {field_name}= takes strings, got {type(value).__name__} {value!r}"
+        unknown = [c for c in self.checks or () if c not in known_checks]
+        if unknown:
+            return f"{kind}'s checks= names unknown check(s) {', '.join(map(repr, unknown))}; known: {', '.join(known_checks)}"
+        strict = getattr(self, "strict", False)
+        if not isinstance(strict, bool):
+            return f"{kind}'s strict= takes True or False, got {strict!r}"
+        return None
+
     def matches(self, check: str, dtype: Any, device: str) -> bool:
         """True when this expectation applies to the item for ``check`` at ``dtype`` on ``device``."""
         if self.checks is not None and check not in self.checks:

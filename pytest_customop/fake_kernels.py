@@ -49,6 +49,11 @@ def missing_fake_kernel(op: "ResolvedOp", samples: Sequence[SampleInput]) -> Opt
     """Why ``op`` cannot run on fake tensors (it has no fake kernel), or None when it can, or when it
     fails on them for another reason (a wrong fake kernel is a finding, not a missing one). Asked on
     the first of ``samples`` that fits the schema; None when none does."""
+    from .triton_support import interpreted_fake_reason
+
+    interpreted = interpreted_fake_reason(op)  # not cached: the interpreter is switched per run
+    if interpreted is not None:
+        return interpreted
     key = op.name
     if key in _answers:
         return _answers[key]

@@ -78,7 +78,8 @@ def register_dict_backward(
         by_name = dict(result) if isinstance(result, dict) else {}
         described = getattr(ctx, "_customop_inputs", None)
         if described is not None:
-            problems += validate_gradients(name, described, by_name)
+            # a broadcast-reducible gradient is the engine's to sum down (grad_keys notes it)
+            problems += [p for p in validate_gradients(name, described, by_name) if not p.reducible]
         if problems:
             raise GradientValidationError(name, problems, getattr(backward, "__qualname__", repr(backward)))
         return dict_to_positional(positional, by_name)

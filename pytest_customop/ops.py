@@ -3,7 +3,10 @@
 Accepted: a qualname string with or without overload (``"mylib::mul"``, ``"mylib::mul.default"``), an
 ``OpOverload``, an ``OpOverloadPacket``, a ``torch.library.custom_op`` object (``CustomOpDef``), a legacy
 ``torch._custom_op`` ``CustomOp`` (or the stub function ``torch._custom_ops.custom_op`` decorated), and
-any C++ op registered with ``TORCH_LIBRARY`` (reached through the same strings and objects).
+any C++ op registered with ``TORCH_LIBRARY`` (reached through the same strings and objects). Ops made with
+``torch.library.triton_op`` are ``CustomOpDef`` objects too. A ``torch.autograd.Function`` subclass resolves
+to an :class:`~pytest_customop.autograd_functions.AutogradFunctionOp`, the same interface with arguments
+named by its ``forward``'s parameters.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ class ArgKind(enum.Enum):
     TENSOR_LIST = "Tensor[]"
     OPTIONAL_TENSOR_LIST = "Tensor?[]"
     OTHER = "other"  # int, float, bool, str, Scalar, ...: never gets a gradient
+    # An autograd.Function's forward parameter without annotation: a tensor or not, as the value passed.
+    ANY = "Any"
 
     @property
     def is_list(self) -> bool:
@@ -96,6 +101,7 @@ class RegistrationStyle(str, enum.Enum):
     CUSTOM_OP = "torch.library.custom_op"
     LEGACY = "torch._custom_ops (legacy)"
     LIBRARY = "torch.library.Library"  # Library.define or TORCH_LIBRARY (C++): the dispatcher's
+    AUTOGRAD_FUNCTION = "torch.autograd.Function"  # not an operator: its forward/backward are the class's
 
 
 @dataclass
@@ -275,6 +281,10 @@ def resolve_op(op: Any) -> ResolvedOp:
     """Resolve the marker's ``op`` argument. Raises :class:`OpResolutionError` with a readable reason."""
     if isinstance(op, str):
         return _resolve_qualname(op.strip())
+    if isinstance(op, type) and issubclass(op, torch.autograd.Function):
+        from .autograd_functions import resolve_autograd_function
+
+        return resolve_autograd_function(op)
     name = op_object_name(op)  # an OpOverload, OpOverloadPacket, CustomOpDef or legacy CustomOp
     if name is not None:
         return _resolve_qualname(name)
@@ -286,6 +296,6 @@ def resolve_op(op: Any) -> ResolvedOp:
             return _resolve_qualname(matches[0])
     raise OpResolutionError(
         f"{op!r} ({type(op).__name__}) is not an op; allowed: a qualname string ('mylib::mul' or "
-        "'mylib::mul.default'), an OpOverload, an OpOverloadPacket, a torch.library.custom_op object, "
-        "or a legacy torch._custom_op op"
+        "'mylib::mul.default'), an OpOverload, an OpOverloadPacket, a torch.library.custom_op (or triton_op) "
+        "object, a legacy torch._custom_op op, or a torch.autograd.Function subclass"
     )

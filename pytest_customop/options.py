@@ -7,6 +7,7 @@ This module imports neither torch nor pytest, so ``pytest --help`` stays fast.
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Mapping, Optional
 
@@ -20,7 +21,31 @@ class SettingsError(ValueError):
 
 
 def _comma_list(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    repeated = sorted({part for part in parts if parts.count(part) > 1})
+    if repeated:
+        raise ValueError(f"{', '.join(repeated)} given more than once; name each once")
+    return parts
+
+
+#: torch's device types (``torch.device`` accepts these, with an optional ``:index``).
+DEVICE_TYPES = (
+    "cpu", "cuda", "mps", "xpu", "meta", "hip", "mtia", "hpu", "xla", "lazy", "ipu", "maia", "ve", "fpga",
+    "vulkan", "mkldnn", "opengl", "opencl", "ideep", "privateuseone",
+)
+_DEVICE = re.compile(r"^([a-z][a-z0-9_]*)(?::(0|[1-9][0-9]*))?$")
+
+
+def _device_list(text: str) -> list[str]:
+    devices = _comma_list(text)
+    for device in devices:
+        match = _DEVICE.match(device)
+        if match is None or match.group(1) not in DEVICE_TYPES:
+            raise ValueError(
+                f"unknown device {device!r}; allowed: a torch device type ({', '.join(DEVICE_TYPES[:5])}, ...), "
+                "optionally with an index, like cpu, cuda, cuda:1"
+            )
+    return devices
 
 
 def _non_negative_int(text: str) -> int:
@@ -67,7 +92,7 @@ OPTIONS: tuple[Option, ...] = (
         flag="--customop-devices",
         env="CUSTOMOP_DEVICES",
         ini="customop_devices",
-        parse=_comma_list,
+        parse=_device_list,
         default=None,
         metavar="LIST",
         help="comma-separated devices to run customop checks on (default: cpu plus every "
@@ -138,6 +163,17 @@ OPTIONS: tuple[Option, ...] = (
         "default, in a process that imported torch, the plugin does (gc.freeze): every full "
         "collection, five of them at the end of each session, then skips torch's millions of objects.",
     ),
+    Option(
+        dest="customop_strict_edges",
+        flag="--customop-strict-edges",
+        env="CUSTOMOP_STRICT_EDGES",
+        ini="customop_strict_edges",
+        parse=_boolean,
+        default=False,
+        is_flag=True,
+        help="edge_shapes fails an item on a suspected edge too (a derived shape the forward accepts but "
+        "no relation proves valid); by default such a finding is a note and a warning.",
+    ),
 )
 
 
@@ -153,7 +189,15 @@ class Settings:
     gc_freeze: bool = True
     #: ``[]`` worker i on device i mod N, None off, else the indexes to spread workers over.
     worker_devices: Optional[list[int]] = field(default_factory=list)
+    strict_edges: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)
+    #: Where each setting given came from, by option dest: ``--customop-devices``, ``environment
+    #: variable CUSTOMOP_DEVICES``, ``ini key customop_devices`` (absent: the default).
+    sources: Mapping[str, str] = field(default_factory=dict)
+
+    def source_of(self, dest: str) -> str:
+        """``--customop-devices=cpu`` / ``CUSTOMOP_DEVICES=cpu`` / ``ini customop_devices=cpu``: the setting as given."""
+        return self.sources.get(dest, dest)
 
 
 def resolve_settings(cli: Mapping[str, Any], env: Mapping[str, str], ini: Callable[[str], Any]) -> Settings:
@@ -163,22 +207,31 @@ def resolve_settings(cli: Mapping[str, Any], env: Mapping[str, str], ini: Callab
     an ini value (empty when absent). Raises :class:`SettingsError` naming the source of a bad value.
     """
     values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
     for option in OPTIONS:
         raw, source = cli.get(option.dest), option.flag
         if raw in (None, False):
             raw, source = env.get(option.env), f"environment variable {option.env}"
         if raw in (None, ""):
-            raw, source = ini(option.ini), f"ini key {option.ini}"
+            try:
+                raw, source = ini(option.ini), f"ini key {option.ini}"
+            except Exception as exc:  # pytest's "bool"/"int" parsing (a ValueError or UsageError) names no key: say which
+                allowed = "; allowed: true or false (also 1/0, yes/no, on/off)" if option.is_flag else ""
+                raise SettingsError(f"ini key {option.ini}: {exc}{allowed}") from None
         if raw is None or raw is False or (isinstance(raw, (str, list)) and not raw):  # not `in`: 0 == False
             values[option.dest] = option.default
             continue
         if isinstance(raw, bool):
             values[option.dest] = raw
             continue
+        if isinstance(raw, list):  # a TOML list in pyproject.toml
+            raw = ",".join(str(part) for part in raw)
         try:
             values[option.dest] = option.parse(str(raw))
         except ValueError as exc:
             raise SettingsError(f"{source}={raw!r}: {exc}") from None
+        shown = {option.flag: option.flag, f"environment variable {option.env}": option.env}.get(source, f"ini key {option.ini}")
+        sources[option.dest] = f"{shown}={raw}"
     seed = values["customop_seed"]
     return Settings(
         devices=values["customop_devices"] or None,
@@ -188,4 +241,6 @@ def resolve_settings(cli: Mapping[str, Any], env: Mapping[str, str], ini: Callab
         full_jacobian=values["customop_full_jacobian"],
         gc_freeze=not values["customop_no_gc_freeze"],
         worker_devices=values["customop_worker_devices"],
+        strict_edges=values["customop_strict_edges"],
+        sources=sources,
     )

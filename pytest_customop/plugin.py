@@ -22,9 +22,10 @@ if TYPE_CHECKING:
 MARKER_HELP = (
     "customop(op, *, samples=None, dtypes=None, devices=None, checks=None, atol=None, rtol=None, "
     "tolerances=None, eps=None, fast_mode=None, nondet_tol=0.0, supports_gradgrad=None, "
-    "supports_forward_ad=None, xfails=(), skips=(), options=None): verify the custom op `op` "
-    "(a 'ns::name[.overload]' string, OpOverload, OpOverloadPacket, torch.library.custom_op object "
-    "or legacy custom op) on the SampleInputs yielded by samples(device, dtype, requires_grad), or "
+    "supports_forward_ad=None, xfails=(), skips=(), options=None, atol_scale=None, reference=None, "
+    "strict_grad_shapes=False): verify the custom op `op` "
+    "(a 'ns::name[.overload]' string, OpOverload, OpOverloadPacket, torch.library.custom_op object, "
+    "legacy custom op or torch.autograd.Function subclass) on the SampleInputs yielded by samples(device, dtype, requires_grad), or "
     "without samples= on samples derived from the op's schema. "
     "Generates one item per (device, dtype, check), ids like [cpu-float64-gradcheck]; the test "
     "requests the `customop` fixture and calls customop.check()."
@@ -65,6 +66,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         dest="customop_list",
         help="print the ops, checks, devices and dtypes that would run, and run nothing.",
     )
+    # Not in OPTIONS: resolved before conftest files are imported (Triton reads it at @triton.jit).
+    group.addoption(
+        "--customop-triton-interpret",
+        action="store_true",
+        default=False,
+        dest="customop_triton_interpret",
+        help="set TRITON_INTERPRET=1 before conftest files and test modules are imported, so Triton kernels "
+        "run on CPU tensors through Triton's interpreter (an explicit TRITON_INTERPRET wins). "
+        "Ini: customop_triton_interpret.",
+    )
+    parser.addini("customop_triton_interpret", type="bool", default=False,
+                  help="set TRITON_INTERPRET=1 for the run (see --customop-triton-interpret).")
     group.addoption(  # repeatable, so not in OPTIONS
         "--customop-report",
         action="append",
@@ -76,10 +89,41 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="report which op passed which check on which device and dtype. Bare: a table per op after "
         "the run; FORMAT:PATH (repeatable) writes json, md or html to PATH.",
     )
+    group.addoption(
+        "--customop-report-from-journal",
+        default=None,
+        dest="customop_report_from_journal",
+        metavar="JOURNAL",
+        help="run nothing: write the --customop-report reports of the run whose journal is JOURNAL (the "
+        "<report>.journal file a run that never finished leaves beside its first report file).",
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> Any:
+    journal = config.getoption("customop_report_from_journal")
+    if journal is None:
+        return None
+    from .report.rebuild import rebuild_from_journal
+
+    return rebuild_from_journal(config, journal)
 
 
 def _session(config: pytest.Config) -> CustomOpSession:
     return config.stash[session_key]
+
+
+triton_interpret_set_key = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser, args: list[str]) -> None:
+    from .triton_support import enable_interpreter
+
+    requested = bool(early_config.known_args_namespace.customop_triton_interpret) or bool(
+        early_config.getini("customop_triton_interpret")
+    )
+    early_config.stash[triton_interpret_set_key] = enable_interpreter(os.environ, requested)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -92,7 +136,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if workerinput is not None and "customop_seed" in workerinput:
         cli["customop_seed"] = str(workerinput["customop_seed"])  # the controller's seed, on every worker
     try:
-        settings = resolve_settings(cli, os.environ, lambda name: _ini_value(config, name))
+        settings = resolve_settings(cli, os.environ, config.getini)
     except SettingsError as exc:
         raise pytest.UsageError(f"pytest-customop: {exc}") from None
     session = config.stash[session_key] = CustomOpSession(config, settings)
@@ -106,20 +150,13 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(_XdistHooks(), "customop-xdist")
 
 
-def _ini_value(config: pytest.Config, name: str) -> Any:
-    try:
-        return config.getini(name)
-    except (TypeError, ValueError, pytest.UsageError) as exc:  # a typed key's value pytest cannot convert (int: "abc")
-        raise SettingsError(f"ini key {name}: {exc}") from None
-
-
 def _configure_report(session: CustomOpSession) -> None:
-    from .report.formats import TargetError, parse_target
+    from .report.formats import TargetError, parse_targets
     from .report.session import ReportPlugin, XdistReportHooks
 
     config = session.config
     try:
-        targets = [parse_target(value, str(config.invocation_params.dir)) for value in config.getoption("customop_report") or []]
+        targets = parse_targets(config.getoption("customop_report") or [], str(config.invocation_params.dir))
     except TargetError as exc:
         raise pytest.UsageError(f"pytest-customop: {exc}") from None
     report = ReportPlugin(session, targets)
@@ -173,6 +210,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     if session_key in config.stash:
         config.stash[session_key].close()
+    if config.stash.get(triton_interpret_set_key, False):  # leave the environment as the run found it
+        os.environ.pop("TRITON_INTERPRET", None)
 
 
 def pytest_report_header(config: pytest.Config) -> Optional[str]:
@@ -193,7 +232,10 @@ def pytest_report_collectionfinish(config: pytest.Config, items: list[pytest.Ite
 
     from .devices import available_devices
 
-    return f"customop: torch {torch.__version__}, devices: {', '.join(available_devices())}, {_seed_text(config)}"
+    from .triton_support import interpreter_enabled
+
+    triton = ", Triton interpreter on (TRITON_INTERPRET)" if interpreter_enabled(os.environ) else ""
+    return f"customop: torch {torch.__version__}, devices: {', '.join(available_devices())}{triton}, {_seed_text(config)}"
 
 
 def _seed_text(config: pytest.Config) -> str:
@@ -219,6 +261,13 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
     state = _session(metafunc.config)
     nodeid = metafunc.definition.nodeid
+    stacked = list(metafunc.definition.iter_markers("customop"))
+    if len(stacked) > 1:
+        state.marker_errors[nodeid] = (
+            f"{nodeid}: has {len(stacked)} @pytest.mark.customop markers (on the test, its class or its module); "
+            "one test verifies one op: write one test per op, each with one customop marker"
+        )
+        return
     if "_customop_case" not in metafunc.fixturenames:
         state.marker_errors[nodeid] = (
             f"{nodeid}: has @pytest.mark.customop but requests none of the fixtures customop, "
@@ -228,7 +277,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     registry = state.registry
     try:
-        spec = parse_marker(marker.args, marker.kwargs, known_checks=registry.names())
+        known_options = {name: getattr(registry[name], "options_accepted", None) for name in registry.names()}
+        spec = parse_marker(marker.args, marker.kwargs, known_checks=registry.names(), known_options=known_options)
     except MarkerError as exc:
         state.marker_errors[nodeid] = f"{nodeid}: {exc}"
         return
@@ -267,6 +317,13 @@ def pytest_runtestloop(session: pytest.Session) -> Any:
     if session.config.getoption("customop_list"):
         return True  # listed in pytest_collection_finish; nothing runs
     return None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Any:
+    result = yield  # a test that raised is judged by what it raised
+    _session(item.config).flag_unverified(item)
+    return result
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -9,7 +9,27 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable
 
-__all__ = ["SampleInput", "SamplesError", "as_sample_input", "collect_samples", "map_tensors"]
+__all__ = ["MAX_SAMPLES", "SampleInput", "SamplesError", "as_sample_input", "collect_samples", "map_tensors", "safe_repr"]
+
+#: The most samples one item takes from ``samples=``: more is an error naming ``samples`` (an endless
+#: generator would otherwise hang the run; every sample costs a gradcheck).
+MAX_SAMPLES = 256
+
+
+def safe_repr(value: Any, limit: int = 200) -> str:
+    """``repr(value)``, or a description of the value when its ``__repr__`` raises; cut at ``limit``."""
+    try:
+        text = repr(value)
+    except Exception as exc:  # the author's object: describe it, never traceback through the plugin
+        text = f"<{type(value).__name__} object (its repr raised {type(exc).__name__})>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _safe_str(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:
+        return f"<str() of the {type(exc).__name__} raised too>"
 
 
 class SampleInput:
@@ -68,7 +88,7 @@ def _describe(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         inner = ", ".join(_describe(v) for v in value)
         return f"[{inner}]" if isinstance(value, list) else f"({inner})"
-    return repr(value)
+    return safe_repr(value)
 
 
 def _is_opinfo_sample(obj: Any) -> bool:
@@ -98,11 +118,18 @@ def collect_samples(
 ) -> list[SampleInput]:
     """Call the author's ``samples(device, dtype, requires_grad)`` and validate what it yields."""
     where = f"samples(device={device!r}, dtype={dtype}, requires_grad={requires_grad})"
+    import itertools
+
     try:
         produced = samples_fn(device, dtype, requires_grad)
-        items = list(produced)
-    except Exception as exc:  # the author's code: report, never crash the run
-        raise SamplesError(f"{where} raised {type(exc).__name__}: {exc}") from exc
+        items = list(itertools.islice(produced, MAX_SAMPLES + 1))
+    except (Exception, SystemExit) as exc:  # the author's code: report, never crash the run
+        raise SamplesError(f"{where} raised {type(exc).__name__}: {_safe_str(exc)}") from exc
+    if len(items) > MAX_SAMPLES:
+        raise SamplesError(
+            f"{where} yielded more than {MAX_SAMPLES} samples (an endless generator?); an item takes at most "
+            f"{MAX_SAMPLES}: yield fewer, or split them over several tests"
+        )
     if not items:
         raise SamplesError(f"{where} yielded nothing; it must yield at least one SampleInput")
     converted = []
@@ -110,8 +137,35 @@ def collect_samples(
         sample = as_sample_input(item)
         if sample is None:
             raise SamplesError(
-                f"{where} yielded {type(item).__name__} {item!r:.80} at index {index}; "
+                f"{where} yielded {type(item).__name__} {safe_repr(item, 80)} at index {index}; "
                 "allowed: pytest_customop.SampleInput or torch.testing's OpInfo SampleInput"
+            )
+        meta = _meta_tensor_path(sample) if str(device).split(":")[0] != "meta" else None
+        if meta is not None:
+            raise SamplesError(
+                f"{where} yielded a meta tensor ({meta}) in sample {index}; meta tensors hold no values, so no "
+                f"gradient can be checked: build the sample's tensors on the device given ({device!r})"
             )
         converted.append(sample)
     return converted
+
+
+def _meta_tensor_path(sample: SampleInput) -> str | None:
+    """Where the first meta tensor of ``sample`` is (``argument 0``, ``keyword 'w'``), or None."""
+    found: list[bool] = []
+
+    def note(tensor: Any) -> Any:
+        found.append(bool(tensor.is_meta))
+        return tensor
+
+    for index, value in enumerate(sample.args):
+        found.clear()
+        map_tensors(note, value)
+        if any(found):
+            return f"argument {index}"
+    for key, value in sample.kwargs.items():
+        found.clear()
+        map_tensors(note, value)
+        if any(found):
+            return f"keyword {key!r}"
+    return None

@@ -29,6 +29,8 @@ __all__ = ["CustomOpSession", "case_key", "definition_id", "result_key", "sessio
 case_key = pytest.StashKey["Case"]()
 #: The CheckResult of an item whose check ran.
 result_key = pytest.StashKey["CheckResult"]()
+#: The ``customop`` object an item's test was given (to flag a test that never calls check()).
+under_test_key = pytest.StashKey["CustomOpUnderTest"]()
 
 # pytest configs alive in this process: more than one means a run nested in a test (pytester's
 # in-process runs), which must leave the outer process's garbage collector alone.
@@ -89,7 +91,7 @@ class CustomOpSession:
         unknown = [c for c in self.settings.checks or [] if c not in self._registry]
         if unknown:
             raise pytest.UsageError(
-                f"pytest-customop: --customop-checks/customop_checks names unknown check(s) "
+                f"pytest-customop: {self.settings.source_of('customop_checks')} names unknown check(s) "
                 f"{', '.join(unknown)}; known: {', '.join(self._registry.names())}"
             )
 
@@ -143,7 +145,7 @@ class CustomOpSession:
         def remember(result: CheckResult) -> None:
             item.stash[result_key] = result
 
-        return CustomOpUnderTest(
+        under_test = item.stash[under_test_key] = CustomOpUnderTest(
             case,
             self.registry,
             self.settings,
@@ -153,6 +155,20 @@ class CustomOpSession:
             fail=fail,
             skip=skip,
             on_result=remember,
+        )
+        return under_test
+
+    def flag_unverified(self, item: pytest.Item) -> None:
+        """Fail a test that passed without verifying anything: it was given ``customop`` and neither
+        ran a check (``check()``, ``run_check()``) nor called the op or took its samples to verify it
+        itself (``customop_samples`` counts)."""
+        under_test = item.stash.get(under_test_key, None)
+        if under_test is None or under_test.verified:
+            return
+        pytest.fail(
+            f"{item.nodeid}: requests the customop fixture but never calls customop.check() (nor run_check(), "
+            "the op, or its samples): nothing was verified; call customop.check() in the test",
+            pytrace=False,
         )
 
     def run_discovered(self, item: pytest.Item) -> None:

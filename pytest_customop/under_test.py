@@ -77,6 +77,9 @@ class CustomOpUnderTest:
         self.case = case
         self.seed = seed
         self.repro = repro
+        #: Set once a check ran (check() or run_check()), or the test called the op or took its samples
+        #: to verify it itself: a test that does none of these verified nothing and fails.
+        self.verified = False
         self.nodeid = nodeid
         self._registry = registry
         self._settings = settings
@@ -120,12 +123,14 @@ class CustomOpUnderTest:
         that a later backward has its gradients validated by input name (see the ``grad_keys`` check)."""
         from .kernel.generated_kernel import call_through_kernel
 
+        self.verified = True  # the test checks the op's results itself
         return call_through_kernel(self.op, args, kwargs, self._cache)
 
     # -- samples --------------------------------------------------------------------------------
     def samples(self, requires_grad: bool = True, dtype: Optional[torch.dtype] = None) -> list[SampleInput]:
         """This item's samples, built once (seeded from the item) and copied on every call."""
         __tracebackhide__ = True
+        self.verified = True  # the test (or a check) verifies on them
         key = (dtype or self.dtype, requires_grad)
         if key not in self._samples and getattr(self.spec, "derived_samples", False):
             torch.manual_seed(self.seed)
@@ -175,10 +180,26 @@ class CustomOpUnderTest:
             make_samples=lambda dtype, requires_grad: self.samples(requires_grad, dtype),
             fast_mode_threshold=self._settings.fast_mode_threshold,
             full_jacobian=self._settings.full_jacobian,
+            strict_edges=self._settings.strict_edges,
             cache=self._cache,
         )
         _seed(self.seed, self.device)
-        return self._registry[name].run(ctx)
+        from .triton_support import with_environment_refusals_skipped
+
+        self.verified = True
+        escaped = None
+        # Grad mode on whatever the caller set (a conftest's torch.set_grad_enabled(False), an
+        # inference_mode around the test): the checks need it, and its absence is not the op's fault.
+        with torch.inference_mode(False), torch.enable_grad():
+            try:
+                # Triton refusing to run a kernel here (an interpreter gap, CPU tensors without it) is no verdict.
+                return with_environment_refusals_skipped(self._registry[name].run(ctx))
+            except SystemExit as exc:  # an op (or its samples) called sys.exit: the item fails, the run goes on
+                escaped = exc
+        self._fail(
+            f"{self.op.name} {name} on {self.device} {dtype_id(self.dtype)}: the op raised SystemExit({escaped.code!r}) "
+            f"during the check (sys.exit() in the op, its backward or its samples)\n  reproduce: {self.repro}"
+        )
 
     def check(self, name: Optional[str] = None) -> CheckResult:
         """Run this item's check over every sample; fail or skip the test as its result says."""

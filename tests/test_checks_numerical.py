@@ -436,7 +436,7 @@ def test_rawdouble(customop):
     result.stdout.fnmatch_lines(
         [
             f"{ns}::viewsin noncontiguous failed on cpu float64: 1 of 1 sample(s)",
-            "    backward raised on non-contiguous inputs ('x' strides (2, 6)) with a non-contiguous grad_output: "
+            "    backward raised on non-contiguous inputs ('x' strides (2, 6)) with a grad_output sliced with a step: "
             "RuntimeError: view size is not compatible with input tensor's size and stride*",
             "*test_ops.py*in viewsin_backward*",
             f"{ns}::rawdouble noncontiguous failed on cpu float64: 1 of 1 sample(s)",
@@ -472,8 +472,62 @@ def test_inplace_grad(customop):
     result = run()
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
-        ["    backward raised on non-contiguous inputs * with an expanded (stride 0) grad_output, as "
-         "y.sum().backward() passes: RuntimeError: *"]
+        ["    backward raised on non-contiguous inputs * with a grad_output expanded in dimension 0 only (stride 0 there), "
+         "as a downstream .sum(0) or a broadcast passes it: RuntimeError: unsupported operation: more than one element*"]
+    )
+
+
+def test_noncontiguous_catches_a_backward_wrong_only_for_a_partly_expanded_grad_output(pytester, ns, run):
+    write(
+        pytester,
+        ns,
+        '''
+@torch.library.custom_op(f"{NS}::strided_store", mutates_args=())
+def strided_store(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    return x.sin() + index.to(x.dtype)
+
+
+def strided_store_backward(ctx, grad):
+    x, index = ctx.saved_tensors
+    values = grad * x.cos()
+    if all(stride == 0 for stride in grad.stride()):  # y.sum().backward(): one value everywhere
+        return values, None
+    # A kernel's store: one element per logical index into a buffer strided like grad_output, as pointer
+    # arithmetic on grad's strides does. Right for contiguous, transposed and sliced grad_outputs; where
+    # grad_output has stride 0 in one dimension, the elements along it overwrite each other.
+    out = torch.empty_strided(grad.shape, grad.stride(), dtype=grad.dtype)
+    offsets = sum(
+        torch.arange(n).reshape([-1] + [1] * (grad.dim() - 1 - d)) * stride
+        for d, (n, stride) in enumerate(zip(grad.shape, grad.stride()))
+    )
+    storage = out.as_strided((out.untyped_storage().nbytes() // out.element_size(),), (1,))
+    storage.index_put_((offsets.reshape(-1),), values.reshape(-1))
+    return out, None
+
+
+strided_store.register_autograd(strided_store_backward, setup_context=lambda ctx, inputs, output: ctx.save_for_backward(*inputs))
+
+
+def with_index(device, dtype, requires_grad):
+    # the index keeps its layout: made non-contiguous, a kernel may not read it right, and that is no finding
+    yield SampleInput(torch.randn(3, 4, dtype=dtype, requires_grad=requires_grad), torch.arange(12).reshape(3, 4) % 2)
+
+
+@pytest.mark.customop(strided_store, samples=with_index, checks=["noncontiguous", "gradcheck", "grad_keys"], dtypes=["float64"])
+def test_strided_store(customop):
+    customop.check()
+''',
+    )
+    result = run("-v")
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*test_strided_store[[]cpu-float64-noncontiguous[]] FAILED*",
+            f"{ns}::strided_store noncontiguous failed on cpu float64: 1 of 1 sample(s)",
+            "    gradient of input 'x' differs on non-contiguous inputs ('x' strides (2, 6)) with a grad_output expanded in "
+            "dimension 0 only (stride 0 there), as a downstream .sum(0) or a broadcast passes it (strides (0, 1)): "
+            "* element(s) differ; worst at index *: expected * (contiguous), got * (non-contiguous)*",
+        ]
     )
 
 
@@ -578,7 +632,110 @@ def test_vmul(customop):
     result.stdout.fnmatch_lines(
         [
             f"{ns}::vmul batched_grad failed on cpu float64: 1 of 1 sample(s)",
-            f"    the registered vmap rule of {ns}::vmul is wrong: output 0 with every floating input batched at "
+            f"    the registered vmap rule of {ns}::vmul is wrong: output 0 with every input under test batched at "
             "its last dim (batch of 3): shape * (vmap) but * (a loop of forwards)",
+        ]
+    )
+
+
+REFUSING_VMAP_RULE = """
+    if in_dims[1] is None:
+        raise NotImplementedError("vmul's vmap rule needs y batched too")
+    x = x.movedim(in_dims[0], 0) if in_dims[0] is not None else x
+    y = y.movedim(in_dims[1], 0) if in_dims[1] is not None else y
+    return x.sin() * y, 0"""
+
+
+def test_batched_grad_skips_a_vmap_rule_that_declines_explicitly_and_quotes_it(pytester, ns, run):
+    write(
+        pytester,
+        ns,
+        vmul_op(REFUSING_VMAP_RULE)
+        + '''
+
+@pytest.mark.customop(vmul, samples=two_inputs, checks=["batched_grad"], dtypes=["float64"])
+def test_vmul(customop):
+    customop.check()
+''',
+    )
+    result = run("-rs")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(
+        [
+            f"SKIPPED * the registered vmap rule of {ns}::vmul declines: sample 0: only 'x' batched (dim 0), "
+            "the others not: NotImplementedError: vmul's vmap rule needs y batched too",
+        ]
+    )
+
+
+def test_batched_grad_batches_only_the_inputs_under_test_not_a_float_table(pytester, ns, run):
+    write(
+        pytester,
+        ns,
+        '''
+@torch.library.custom_op(f"{NS}::scaled_rows", mutates_args=())
+def scaled_rows(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    return x * table
+
+
+scaled_rows.register_autograd(
+    lambda ctx, grad: (grad * ctx.saved_tensors[0], None),
+    setup_context=lambda ctx, inputs, output: ctx.save_for_backward(inputs[1]),
+)
+
+
+@scaled_rows.register_vmap
+def scaled_rows_vmap(info, in_dims, x, table):
+    assert in_dims[1] is None, "the table is a constant buffer: never batched"
+    x = x.movedim(in_dims[0], 0) if in_dims[0] is not None else x
+    return x * table, 0 if in_dims[0] is not None else None
+
+
+def with_table(device, dtype, requires_grad):
+    # a float table the op takes as a constant: it does not require grad
+    yield SampleInput(torch.randn(3, 4, dtype=dtype, requires_grad=requires_grad), torch.rand(3, 4, dtype=dtype) + 1)
+
+
+@pytest.mark.customop(scaled_rows, samples=with_table, checks=["batched_grad"], dtypes=["float64"])
+def test_scaled_rows(customop):
+    print("NOTES:", customop.check().notes)
+''',
+    )
+    result = run("-s")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([f"*NOTES: *the registered vmap rule of {ns}::scaled_rows agreed with a loop of forwards*"])
+
+
+def test_noncontiguous_makes_each_tensor_list_element_non_contiguous(pytester, ns, run):
+    write(
+        pytester,
+        ns,
+        '''
+@torch.library.custom_op(f"{NS}::flat_sum", mutates_args=())
+def flat_sum(xs: list[torch.Tensor]) -> torch.Tensor:
+    # a kernel reading each element's storage as if it were contiguous
+    return sum(torch.as_strided(x, (x.numel(),), (1,), x.storage_offset()).reshape(x.shape) for x in xs)
+
+
+flat_sum.register_autograd(
+    lambda ctx, grad: [grad.clone() for _ in range(ctx.count)],
+    setup_context=lambda ctx, inputs, output: setattr(ctx, "count", len(inputs[0])),
+)
+
+
+def two_matrices(device, dtype, requires_grad):
+    yield SampleInput([torch.randn(3, 4, dtype=dtype, requires_grad=requires_grad) for _ in range(2)])
+
+
+@pytest.mark.customop(flat_sum, samples=two_matrices, checks=["noncontiguous", "gradcheck"], dtypes=["float64"])
+def test_flat_sum(customop):
+    customop.check()
+''',
+    )
+    result = run()
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "    output 0 differs on non-contiguous inputs ('xs'[[]0[]] strides (2, 6), 'xs'[[]1[]] strides (2, 6)): *",
         ]
     )

@@ -1,6 +1,9 @@
 """A real C++ op, compiled with ``torch.utils.cpp_extension.load_inline``: the example of
 docs/howto/cpp_extension.md, run here with its messages checked.
 
+A second test compiles ``customop_crash_cpp::crash_sin``, a C++ kernel that segfaults on an empty batch
+(as torchvision's RoI ops do): edge_shapes contains the crash without being asked.
+
 Its three ops: ``doc_cpp::mul`` (backward a C++ ``torch::autograd::Function``), ``doc_cpp::scale``
 (plain C++, backward registered from Python) and ``doc_cpp::mul_wrong`` (a C++ backward with a bug).
 The first build takes a minute; torch caches it (``~/.cache/torch_extensions``, or
@@ -62,3 +65,67 @@ def test_cpp_ops_verified_for_real(pytester, run, monkeypatch):
         ]
     )
     result.stdout.no_fnmatch_line("*gradient of input 'x'*")
+
+
+CRASHING_CPP = r'''
+import pytest
+import torch
+from torch.utils.cpp_extension import load_inline
+from pytest_customop import SampleInput
+
+SOURCE = """
+#include <torch/extension.h>
+#include <csignal>
+
+// Like torchvision's RoI kernels on an empty batch: no check, a crash.
+torch::Tensor crash_sin(const torch::Tensor& x) {
+  if (x.dim() > 0 && x.size(0) == 0) std::raise(SIGSEGV);
+  return x.sin();
+}
+
+TORCH_LIBRARY(customop_crash_cpp, m) { m.def("crash_sin(Tensor x) -> Tensor"); }
+TORCH_LIBRARY_IMPL(customop_crash_cpp, CPU, m) { m.impl("crash_sin", &crash_sin); }
+"""
+
+load_inline(name="customop_crash_cpp", cpp_sources=SOURCE, is_python_module=False)
+
+
+def backward(ctx, grad):
+    (x,) = ctx.saved_tensors
+    return grad * x.cos()
+
+
+torch.library.register_autograd(
+    "customop_crash_cpp::crash_sin", backward, setup_context=lambda ctx, inputs, output: ctx.save_for_backward(*inputs)
+)
+
+
+def rows(device, dtype, requires_grad):
+    yield SampleInput(torch.randn(3, 4, dtype=dtype, requires_grad=requires_grad))
+
+
+@pytest.mark.customop("customop_crash_cpp::crash_sin", samples=rows, checks=["edge_shapes", "gradcheck"],
+                      dtypes=["float64"], devices=["cpu"])
+def test_crash_sin(customop):
+    customop.check()
+'''
+
+
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None, reason="no C++ compiler")
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="crash containment forks: POSIX only")
+def test_a_cpp_kernel_that_segfaults_on_an_empty_batch_fails_edge_shapes_and_the_session_goes_on(pytester, run, monkeypatch):
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", BUILD_ROOT)
+    # In-process, once per session: a TORCH_LIBRARY namespace is registered once per process. The C++ kernel
+    # counts as compiled, so edge_shapes runs its derived samples in forked children without being asked.
+    pytester.makepyfile(test_crash_cpp=CRASHING_CPP)
+    result = run("-v")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*test_crash_sin[[]cpu-float64-edge_shapes[]] FAILED*",
+            "*test_crash_sin[[]cpu-float64-gradcheck[]] PASSED*",
+            "    on a proven edge (dimension 0, shared by 'x' and the output, sliced to 0), the forward crashed "
+            "the process with SIGSEGV",
+            "    derived sample: SampleInput(Tensor([[]0, 4[]], float64, cpu, requires_grad))",
+        ]
+    )

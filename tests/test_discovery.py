@@ -64,12 +64,13 @@ def library(pytester: pytest.Pytester, ns: str) -> str:
 def test_namespace_covers_exactly_the_untested_ops(run, library):
     ns = library
     result = run("-v", f"--customop-namespace={ns}", "--customop-checks=gradcheck", "-p", "no:randomly")
-    result.assert_outcomes(passed=6, failed=1)
+    # cube's backward is wrong at every dtype: its float32 item fails too (its reference is proven)
+    result.assert_outcomes(passed=5, failed=2)
     result.stdout.fnmatch_lines(
         [
             "*test_scale.py::test_scale[[]cpu-float64-gradcheck[]] PASSED*",
             f"customop::{ns}::cube[[]cpu-float64-gradcheck[]] FAILED*",
-            f"customop::{ns}::cube[[]cpu-float32-gradcheck[]] PASSED*",
+            f"customop::{ns}::cube[[]cpu-float32-gradcheck[]] FAILED*",
             f"customop::{ns}::double[[]cpu-float64-gradcheck[]] PASSED*",
             f"customop::{ns}::double[[]cpu-float32-gradcheck[]] PASSED*",
             f"customop::{ns}::square[[]cpu-float64-gradcheck[]] PASSED*",
@@ -123,7 +124,7 @@ def test_discovery_under_xdist(pytester, library):
     result = pytester.runpytest_subprocess(
         "-p", "no:cacheprovider", "-n", "2", f"--customop-namespace={ns}", "--customop-checks=gradcheck", "--customop-seed=7"
     )
-    result.assert_outcomes(passed=6, failed=1)
+    result.assert_outcomes(passed=5, failed=2)
     result.stdout.fnmatch_lines([f"*FAILED customop::{ns}::cube[[]cpu-float64-gradcheck[]]*"])
 
 

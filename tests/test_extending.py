@@ -221,7 +221,7 @@ def test_an_unknown_check_name_in_the_settings_is_a_usage_error(pytester, ns, ru
     result = run("--customop-checks=gradcheck,opchek")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([
-        "ERROR: pytest-customop: --customop-checks/customop_checks names unknown check(s) opchek; "
+        "ERROR: pytest-customop: --customop-checks=gradcheck,opchek names unknown check(s) opchek; "
         "known: gradcheck, gradgradcheck, grad_keys, *",
     ])
 

@@ -120,7 +120,8 @@ register_dict_backward(
 def test_misspelt(customop):
     customop.check()
 
-@pytest.mark.customop(wrong_shape, samples=pair, devices=["cpu"], dtypes=[torch.float64], checks=["grad_keys"])
+@pytest.mark.customop(wrong_shape, samples=pair, devices=["cpu"], dtypes=[torch.float64], checks=["grad_keys"],
+                      strict_grad_shapes=True)  # a [2, 3] gradient for a [3] input is otherwise a note
 def test_wrong_shape(customop):
     customop.check()
 
@@ -140,7 +141,8 @@ def test_plain_use_raises_naming_the_key():
     result.stdout.fnmatch_lines([
         f"    {ns}::misspelt: the dict returned by backward has no key 'y': expected keys {{'x', 'y'}}*, got {{'x', 'z'}}",
         f"    {ns}::misspelt: the dict returned by backward has an extra key 'z' ({ns}::misspelt has no input 'z')*",
-        f"    {ns}::wrong_shape: the gradient for input 'x': expected shape [[]3[]] (the input's), got [[]2, 3[]]*",
+        f"    {ns}::wrong_shape: the gradient for input 'x' has shape [[]2, 3[]], larger than the input's [[]3[]]: "
+        "relies on the engine to reduce [[]2, 3[]] to [[]3[]] (the marker asks strict_grad_shapes=True)",
         f"    {ns}::not_a_dict: backward must return a dict keyed by input name (the legacy contract), expected keys "
         "{'x', 'y'}, got a tuple of 3",
     ])

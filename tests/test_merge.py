@@ -186,7 +186,7 @@ def test_bad_inputs_are_named(tmp_path, capsys) -> None:
     (tmp_path / "future.json").write_text(json.dumps({"version": 99, "results": []}))
     (tmp_path / "other.json").write_text(json.dumps({"tests": []}))
     for name, message in (
-        ("notes.txt", "notes.txt: not an input pytest-customop reads (known: json report)"),
+        ("notes.txt", "notes.txt: not an input pytest-customop reads (known: journal, json report)"),
         ("future.json", "future.json: report version 99; this pytest-customop reads versions 1 to 2"),
         ("other.json", "other.json: not a pytest-customop JSON report"),
         ("missing.json", "missing.json: cannot read"),

@@ -19,6 +19,8 @@ from .base import CheckContext, Finding
 
 __all__ = [
     "GradientSamples",
+    "integer_outputs_reason",
+    "wants_gradients",
     "agreement",
     "gradient_samples",
     "max_abs_difference",
@@ -50,6 +52,24 @@ def no_gradient_reason(op: ResolvedOp) -> str:
         f"no output of {op.name} requires grad: the op has no autograd formula "
         "(gradcheck reports this; register one with torch.library.register_autograd)"
     )
+
+
+def wants_gradients(ctx: CheckContext) -> bool:
+    """Whether a check that also differentiates (opcheck's autograd sub-tests, compile's backward) asks
+    its samples for inputs that require grad: only at floating and complex dtypes (sample functions built
+    on ``make_tensor`` raise for ``requires_grad=True`` at integer and bool ones), never for a mutating
+    op (it cannot have autograd; inputs requiring grad only make its in-place update an error)."""
+    return is_differentiable_dtype(ctx.dtype) and not ctx.op.is_mutable
+
+
+def integer_outputs_reason(op: ResolvedOp, outputs: list) -> Optional[str]:
+    """Why gradient checks do not apply when every tensor output of the op is integer or bool (an
+    argmax, nms-style indices): None when some output is floating or complex (or there is none)."""
+    tensors = [o for o in outputs if isinstance(o, torch.Tensor)]
+    if not tensors or any(is_differentiable_dtype(t.dtype) for t in tensors):
+        return None
+    kinds = "/".join(sorted({dtype_id(t.dtype) for t in tensors}))
+    return f"every output of {op.name} is {kinds}: not differentiable, so gradient checks do not apply"
 
 
 @dataclass

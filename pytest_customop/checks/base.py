@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import torch
 
-from ..dtypes import Tolerance
+from ..dtypes import Tolerance, dtype_id
 from ..samples import SampleInput
 
 if TYPE_CHECKING:
@@ -101,6 +101,7 @@ class CheckContext:
     make_samples: Callable[[torch.dtype, bool], list[SampleInput]]
     fast_mode_threshold: int = 1024
     full_jacobian: bool = False
+    strict_edges: bool = False  # --customop-strict-edges: suspected edge findings fail too
     cache: dict[Any, Any] = field(default_factory=dict)
 
     @property
@@ -116,10 +117,18 @@ class CheckContext:
         """The item's samples (built once per item and cached), fresh copies each call."""
         return self.make_samples(dtype or self.dtype, requires_grad)
 
+    def where(self) -> str:
+        """``op check on device dtype``: how a warning raised by a check names its item."""
+        return f"{self.op.name} {self.check} on {self.device} {dtype_id(self.dtype)}"
+
     def generator(self, salt: int = 0) -> torch.Generator:
-        """A CPU generator seeded from the item's seed, for grad_outputs and directions."""
+        """A CPU generator seeded from the item's seed, for grad_outputs and directions.
+
+        Not the item's seed itself: samples are drawn from torch's generator seeded with it, and a
+        grad_output equal to the sample's input (same seed, same shape) is parallel to the output of a
+        scale-invariant op (a norm), along which its vector-Jacobian product is zero: a vacuous check."""
         generator = torch.Generator()
-        generator.manual_seed((self.seed + salt) % (2**63))
+        generator.manual_seed((self.seed * 0x9E3779B1 + 0x632BE5AB + salt) % (2**63))
         return generator
 
     # -- results ----------------------------------------------------------------------------
@@ -142,6 +151,9 @@ class Check:
     description: str = ""
     #: Run by markers that do not list their checks.
     default: bool = True
+    #: The keys this check reads from the marker's ``options={name: {...}}``; others are a marker
+    #: error. None: not declared, any key is accepted (a project's own check that says nothing).
+    options_accepted: Optional[tuple[str, ...]] = None
 
     def not_applicable(self, op: "ResolvedOp", spec: "CustomOpSpec") -> Optional[str]:
         """At collection: the reason this check cannot apply to ``op``, or None when it can."""

@@ -6,7 +6,8 @@ is ``vmap`` over the backward, as ``torch.func.jacrev`` and ``torch.autograd.fun
 vectorize=True)`` do) and once in a loop. They must agree. This is PyTorch's ``check_batched_grad``.
 
 Forward (ops with a registered vmap rule: ``torch.library.register_vmap`` or a C++ ``FuncTorchBatched``
-kernel): ``vmap`` of the op against a loop over the batch, with every floating input batched at dim 0,
+kernel): ``vmap`` of the op against a loop over the batch, with every input under test (the floating inputs
+samples make require grad; index, mask and buffer tensors stay unbatched) batched at dim 0,
 then at its last dim, then (with several inputs) only the first one batched. ``check_batched_grad``
 never calls a registered rule, so a wrong one slips through it.
 
@@ -30,7 +31,7 @@ import torch
 
 from ..differentiation import OpCall, flatten_outputs, random_like
 from ..dtypes import is_differentiable_dtype
-from ..ops import ResolvedOp
+from ..ops import RegistrationStyle, ResolvedOp
 from ..torch_internals import custom_op_vmap_rule, has_kernel
 from ._support import agreement, gradient_samples, mutated_arguments, no_gradient_reason, quiet_vmap
 from .base import Check, CheckContext, CheckResult, Finding, format_user_traceback
@@ -59,10 +60,26 @@ _HINTS = (
 
 
 def has_vmap_rule(op: ResolvedOp) -> bool:
-    """Whether ``op`` has a vmap rule of its own (``register_vmap`` or a ``FuncTorchBatched`` kernel)."""
+    """Whether ``op`` has a vmap rule of its own (``register_vmap``, a ``FuncTorchBatched`` kernel, or an
+    autograd.Function's ``vmap`` staticmethod / ``generate_vmap_rule``)."""
+    if op.registration is RegistrationStyle.AUTOGRAD_FUNCTION:
+        return bool(op.has_vmap_rule)  # type: ignore[attr-defined]
     if op.custom_op_def is not None and custom_op_vmap_rule(op.custom_op_def) is not None:
         return True
     return has_kernel(op.qualname, "FuncTorchBatched")
+
+
+#: An explicit refusal by a vmap rule: ``NotImplementedError``, or torch's "not implemented"/"not supported".
+_REFUSAL = re.compile(r"not (yet )?implemented|not supported|unsupported", re.IGNORECASE)
+
+
+def vmap_rule_refuses(exc: BaseException) -> bool:
+    """Whether ``exc`` is a vmap rule declining, in its own words, rather than a rule that broke."""
+    return isinstance(exc, NotImplementedError) or bool(_REFUSAL.search(str(exc)))
+
+
+class _Refused(Exception):
+    """The registered vmap rule declines an input explicitly; the message quotes it."""
 
 
 class _Unsupported(Exception):
@@ -88,10 +105,18 @@ class BatchedGradCheck(Check):
         no_grad_reason: Optional[str] = None
         unsupported: Optional[str] = None
         rule = has_vmap_rule(ctx.op) and not mutated_arguments(ctx.op)
+        refusal: Optional[str] = None
+        # The inputs under test (those samples make require grad) are the ones batched; index, mask and
+        # buffer tensors, float ones included, stay unbatched and keep their values.
+        under_test = {(slot.name, slot.index) for _, call in prepared.calls for slot in call.slots}
         with quiet_vmap():
             if rule:
                 for index, sample in enumerate(ctx.samples(requires_grad=False)):
-                    finding = self._check_forward(ctx, index, sample)
+                    try:
+                        finding = self._check_forward(ctx, index, sample, under_test)
+                    except _Refused as exc:
+                        refusal = refusal or f"sample {index}: {exc}"
+                        continue
                     checked.add(index)
                     if finding is not None:
                         findings.append(finding)
@@ -113,6 +138,8 @@ class BatchedGradCheck(Check):
             notes.append(f"backward cannot run under vmap ({unsupported})")
         if findings:
             return ctx.failed(findings, total=prepared.total, checked=len(checked), notes=notes)
+        if refusal:
+            return ctx.skipped(f"the registered vmap rule of {ctx.op.name} declines: {refusal}", total=prepared.total, notes=notes)
         if not checked:
             reason = no_grad_reason or prepared.skip_reason
             if unsupported:
@@ -176,21 +203,21 @@ class BatchedGradCheck(Check):
         return None
 
     # -- a registered vmap rule ---------------------------------------------------------------
-    def _check_forward(self, ctx: CheckContext, index: int, sample: Any) -> Optional[Finding]:
+    def _check_forward(self, ctx: CheckContext, index: int, sample: Any, under_test: set) -> Optional[Finding]:
         try:
             bound = ctx.op.bind(sample)
         except TypeError:
             return None  # reported by the backward part
-        positions = []  # (name, list index or None, tensor) of every floating tensor input
+        positions: list[tuple[str, Optional[int], torch.Tensor]] = []  # (name, list index or None, tensor) of every input under test
         for name, value in bound.items():
             if isinstance(value, (list, tuple)):
-                positions += [(name, k, v) for k, v in enumerate(value) if _batchable(v)]
-            elif _batchable(value):
+                positions += [(name, k, v) for k, v in enumerate(value) if _batchable(v) and (not under_test or (name, k) in under_test)]
+            elif _batchable(value) and (not under_test or (name, None) in under_test):
                 positions.append((name, None, value))
         if not positions:
             return None
-        layouts = [("every floating input batched at dim 0", [0] * len(positions))]
-        layouts.append(("every floating input batched at its last dim", [t.dim() for _, _, t in positions]))
+        layouts: list[tuple[str, list[Optional[int]]]] = [("every input under test batched at dim 0", [0] * len(positions))]
+        layouts.append(("every input under test batched at its last dim", [t.dim() for _, _, t in positions]))
         if len(positions) > 1:
             layouts.append(
                 (f"only {_label(positions[0])} batched (dim 0), the others not", [0] + [None] * (len(positions) - 1))
@@ -236,6 +263,8 @@ class BatchedGradCheck(Check):
             try:
                 got = torch.vmap(lambda *values: call_with(values), in_dims=tuple(in_dims))(*stacked)
             except Exception as exc:
+                if vmap_rule_refuses(exc):
+                    raise _Refused(f"{description}: {_first_line(exc)}") from None
                 return Finding(
                     index,
                     f"vmap of {ctx.op.name} ({description}) raised in its registered vmap rule: "

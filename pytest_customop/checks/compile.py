@@ -28,6 +28,7 @@ from ..dtypes import dtype_id
 from ..samples import SampleInput
 from ..fake_kernels import missing_fake_kernel
 from ..torch_internals import dynamo_unsupported_reason, reset_compiled
+from ._support import wants_gradients
 from .base import Check, CheckContext, CheckResult, Finding
 from .opcheck import first_lines
 
@@ -114,16 +115,19 @@ class CompileCheck(Check):
     """
 
     name = "compile"
+    options_accepted = ("backends", "fullgraph", "dynamic")
     description = "forward and backward under torch.compile(fullgraph=True) agree with eager"
 
     def not_applicable(self, op: Any, spec: Any) -> Optional[str]:
         if not any(a.kind.is_tensor_like for a in op.arguments):
             return f"{op.name} takes no tensor argument"
+        if op.registration.name == "AUTOGRAD_FUNCTION" and op.compile_unsupported_reason():
+            return op.compile_unsupported_reason()
         return None  # whether dynamo runs here is asked in run(): importing it takes seconds
 
     def run(self, ctx: CheckContext) -> CheckResult:
         global _warmed_up
-        samples = ctx.samples(requires_grad=not ctx.op.is_mutable)
+        samples = ctx.samples(requires_grad=wants_gradients(ctx))
         no_fake = missing_fake_kernel(ctx.op, samples)
         if no_fake:
             # Dynamo runs every op on fake tensors while it traces, whatever the backend. Asked

@@ -22,7 +22,7 @@ from torch.autograd import forward_ad as fwAD
 
 from ..differentiation import OpCall, numerical_jvp, random_like
 from ..dtypes import dtype_id, is_reference_precision, reference_dtype
-from ..ops import ResolvedOp
+from ..ops import RegistrationStyle, ResolvedOp
 from ._support import agreement, gradient_samples, mutated_arguments
 from .base import Check, CheckContext, CheckResult, Finding, format_user_traceback
 
@@ -40,6 +40,8 @@ _UNSUPPORTED = re.compile(
 
 def registration_without_jvp(op: ResolvedOp) -> Optional[str]:
     """The reason forward-mode AD cannot work for ``op`` because of how it was defined, or None."""
+    if op.registration is RegistrationStyle.AUTOGRAD_FUNCTION:
+        return op.no_jvp_reason()  # type: ignore[attr-defined]
     if op.custom_op_def is not None:
         api = "torch.library.custom_op"
     elif op.legacy_op is not None:
@@ -158,8 +160,9 @@ class ForwardADCheck(Check):
         try:
             return _tangents_out(call, leaves, tangents)
         except Exception as exc:
-            if _UNSUPPORTED.search(str(exc)):
-                first = str(exc).strip().splitlines()[0]
+            if isinstance(exc, NotImplementedError) or _UNSUPPORTED.search(str(exc)):
+                # an explicit refusal (the op's jvp raising NotImplementedError, torch's "not implemented")
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                 raise _Unsupported(f"forward-mode AD is unsupported for {ctx.op.name}: {first}") from None
             return Finding(index, f"forward-mode AD raised {format_user_traceback(exc)}")
 

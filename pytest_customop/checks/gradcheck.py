@@ -4,9 +4,14 @@ In float64 and complex128, samples up to the fast-mode threshold run ``torch.aut
 ``gradgradcheck`` in slow mode (the full Jacobian). Larger ones run in fast mode: gradcheck's is the
 plugin's own (signed random projections with a size-independent tolerance, a reentrant backward,
 undefined grad_outputs: what torch's fast mode checks, stronger and at half its cost);
-gradgradcheck's is torch's, followed by the same signed projection. In lower precisions finite differences are meaningless (the numerical
-Jacobian of a float16 op is all zeros), so the op's gradients at that dtype are compared with the
-float64 gradients of the very same input values, under the dtype's tolerance.
+gradgradcheck's is torch's, followed by the same signed projection.
+
+In lower precisions the op's derivatives at that dtype are compared, under the dtype's tolerance, with
+reference derivatives of the very same input values at the highest precision the op runs at (float64,
+else float32: :func:`pytest_customop.precision.ladder`), which are themselves proven against central
+differences there (:func:`pytest_customop.precision.prove_directional`): every item is a proof, not a
+comparison of the op with itself. The marker's ``reference=`` adds a comparison with the reference
+function's float64 autograd (outputs and derivatives) to every item.
 
 A failure is diagnosed without torch's slow recomputation of the full Jacobian: for each input (by
 schema name) the backward's vector-Jacobian product is compared with finite differences, element by
@@ -16,6 +21,7 @@ element for small inputs and along a random direction for large ones.
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 import warnings
 from typing import Any, Callable, Iterator, Optional, Sequence
@@ -33,9 +39,10 @@ from ..differentiation import (
     worst_mismatch,
 )
 from ..dtypes import Tolerance, dtype_id, is_reference_precision, reference_dtype
+from ..precision import ladder, loss_function, loss_rounding, prove_directional
 from ..report.heatmap import difference_grid
 from ..torch_internals import make_undefined_grad, replaced_slow_mode_error
-from ._support import gradient_samples
+from ._support import gradient_samples, integer_outputs_reason
 from .base import Check, CheckContext, CheckResult, Finding, format_user_traceback
 
 __all__ = ["FiniteDifferenceDiagnosis", "GradCheck", "GradGradCheck", "refuses_double_backward"]
@@ -189,6 +196,7 @@ class _GradientCheck(Check):
         findings: list[Finding] = list(prepared.findings)
         notes: list[str] = []
         refusals: list[str] = []
+        not_differentiable: list[tuple[int, str]] = []
         checked = 0
         for index, call in prepared.calls:
             try:
@@ -196,8 +204,16 @@ class _GradientCheck(Check):
             except _Refused as refusal:
                 refusals.append(f"sample {index}: {refusal}")
                 continue
+            except _NoReference as missing:
+                return ctx.skipped(str(missing), total=prepared.total, notes=notes)
+            except _NotDifferentiable as integer_only:
+                not_differentiable.append((index, str(integer_only)))
+                continue
             checked += 1
             findings.extend(problems)
+        if not_differentiable and not checked and not findings and not refusals:
+            return ctx.skipped(not_differentiable[0][1], total=prepared.total)
+        notes.extend(f"sample {i}: {reason}" for i, reason in not_differentiable)
         if refusals and not findings:
             if ctx.spec.supports_gradgrad:
                 findings = [Finding(None, f"the marker claims supports_gradgrad=True but {r}") for r in refusals]
@@ -222,6 +238,9 @@ class _GradientCheck(Check):
             return [Finding(index, f"forward raised {format_user_traceback(exc)}")]
         mask = call.differentiable_output_mask(outputs)
         if not any(mask):
+            integer_only = integer_outputs_reason(ctx.op, outputs)
+            if integer_only:
+                raise _NotDifferentiable(integer_only)
             inputs = ", ".join(s.label for s in call.slots)
             return [
                 Finding(
@@ -235,16 +254,22 @@ class _GradientCheck(Check):
             # Before torch's gradgradcheck, which would see zeros where the backward refuses; at lower
             # precision _derivatives asks the same of the derivatives it computes anyway.
             try:
-                first = _first_derivatives_with_graph(call, leaves, mask, ctx.generator(index))
+                first = _first_derivatives_with_graph(call, leaves, mask, ctx.generator(index), probe_second=True)
             except Exception as exc:
                 if refuses_double_backward(exc):
                     raise _Refused(_first_lines(str(exc), 1)) from None
-                return [Finding(index, f"backward raised {format_user_traceback(exc)}")]
+                if not isinstance(exc, _SecondOrderProbeError):
+                    return [Finding(index, f"backward raised {format_user_traceback(exc)}")]
+                first = []  # another error of the double backward: gradgradcheck words it
             if _once_differentiable(first):
                 raise _Refused("its backward is marked @once_differentiable")
         if is_reference_precision(ctx.dtype):
-            return self._against_finite_differences(ctx, call, leaves, outputs, mask, index, notes)
-        return self._against_reference_dtype(ctx, call, leaves, outputs, mask, index)
+            findings = self._against_finite_differences(ctx, call, leaves, outputs, mask, index, notes)
+        else:
+            findings = self._against_reference_dtype(ctx, call, leaves, outputs, mask, index, notes)
+        if ctx.spec.reference is not None and not findings:
+            findings = self._against_reference_function(ctx, call, mask, index, notes)
+        return findings
 
     def _against_finite_differences(
         self,
@@ -470,27 +495,57 @@ class _GradientCheck(Check):
         return "\n(slow-mode gradcheck with full Jacobians passes: the disagreement is small or along few directions)"
 
     def _against_reference_dtype(
-        self, ctx: CheckContext, call: OpCall, leaves: list[torch.Tensor], outputs: list[Any], mask: list[bool], index: int
+        self,
+        ctx: CheckContext,
+        call: OpCall,
+        leaves: list[torch.Tensor],
+        outputs: list[Any],
+        mask: list[bool],
+        index: int,
+        notes: list[str],
     ) -> list[Finding]:
-        ref_dtype = reference_dtype(ctx.dtype)
-        reference = call.with_dtype(ref_dtype)
+        """A low-precision item: the op's derivatives at this dtype against reference derivatives of the
+        same input values at the highest precision the op runs at (the precision ladder), which are
+        themselves proven against finite differences there."""
         generator = ctx.generator(index)
         try:
             # The forward already run on these leaves is reused: a low-precision check is ~1 ms.
             got = self._derivatives(call, leaves, mask, generator, weights=None, outputs=outputs)
-            expected = self._derivatives(reference, reference.leaves(), mask, generator=None, weights=got[1])
         except _Refused:
             raise
         except Exception as exc:
             if self.order == 2 and refuses_double_backward(exc):
                 raise _Refused(_first_lines(str(exc), 1)) from None
             return [Finding(index, f"backward raised {format_user_traceback(exc)}")]
+        found = self._reference_derivatives(ctx, call, mask, got, index)
+        if isinstance(found, str):
+            if ctx.spec.reference is not None:
+                note = f"reference: the marker's reference= in {dtype_id(reference_dtype(ctx.dtype))} autograd (no precision runs {ctx.op.name} for finite differences)"
+                if note not in notes:
+                    notes.append(note)
+                return []  # the comparison with reference= that follows is the proof
+            raise _NoReference(found)
+        ref_dtype, reference, expected, declined = found
+        note = _reference_note(ref_dtype, ctx.dtype, declined)
+        if note not in notes:
+            notes.append(note)
+        what = "gradient" if self.order == 1 else "second derivative"
+        proof = self._prove(ctx, reference, mask, expected, ref_dtype, index, notes)
+        if proof is not None:
+            label, name, detail = proof
+            return [Finding(
+                index,
+                f"{what} of input {label} is wrong at {dtype_id(ref_dtype)}, the reference precision, so at "
+                f"every precision: {detail} [{note}]",
+                input_name=name,
+            )]
+        if ref_dtype == ctx.dtype:
+            return []  # the item's own derivatives are the reference, just proven
         findings = []
         tol = ctx.tolerance
-        labels = [s.label for s in call.slots] + [f"grad_output[{k}]" for k in range(len(got[1]))]
-        names = [s.name for s in call.slots] + [None] * len(got[1])
-        what = "gradient" if self.order == 1 else "second derivative"
-        for label, name, g, e in zip(labels, names, got[0], expected[0]):
+        labels = [s.label for s in call.slots] + [f"grad_output[{k}]" for k in range(len(got.weights))]
+        names = [s.name for s in call.slots] + [None] * len(got.weights)
+        for label, name, g, e in zip(labels, names, got.grads, expected.grads):
             mismatch = worst_mismatch(g, e, tol)
             if mismatch is not None:
                 findings.append(
@@ -498,12 +553,190 @@ class _GradientCheck(Check):
                         index,
                         f"{what} of input {label} at {dtype_id(ctx.dtype)} differs from the {dtype_id(ref_dtype)} "
                         f"{what} of the same input values: "
-                        + mismatch.describe(dtype_id(ref_dtype), dtype_id(ctx.dtype)),
+                        + mismatch.describe(dtype_id(ref_dtype), dtype_id(ctx.dtype))
+                        + f" [{note}]",
                         input_name=name,
                         heatmap=difference_grid(g, e, label.replace("'", "")),
                     )
                 )
         return findings[:1] if findings else []
+
+    def _against_reference_function(
+        self, ctx: CheckContext, call: OpCall, mask: Sequence[bool], index: int, notes: list[str]
+    ) -> list[Finding]:
+        """The marker's ``reference=``: the op's outputs and derivatives at this dtype against autograd
+        of the reference in float64 (complex128) on the same input values, grad_outputs and directions."""
+        ref_dtype = reference_dtype(ctx.dtype)
+        what_ref = f"reference= in {dtype_id(ref_dtype)}"
+        note = f"also compared with the marker's {what_ref} (outputs and {'first' if self.order == 1 else 'second'} derivatives)"
+        if note not in notes:
+            notes.append(note)
+        leaves = call.leaves()
+        try:
+            with torch.enable_grad():
+                outputs = call.outputs(leaves)
+            got = self._derivatives(call, leaves, mask, ctx.generator(20_000 + index), weights=None, outputs=outputs)
+        except _Refused:
+            raise
+        except Exception as exc:
+            return [Finding(index, f"backward raised {format_user_traceback(exc)}")]
+        assert ctx.spec.reference is not None
+        reference_call = _ReferenceFunction(ctx.spec.reference, call.with_dtype(ref_dtype))
+        ref_leaves = reference_call.leaves()
+        try:
+            with torch.enable_grad():
+                ref_outputs = reference_call.outputs(ref_leaves)
+            if len(ref_outputs) != len(outputs):
+                return [Finding(index, f"the marker's reference= returns {len(ref_outputs)} output(s), {ctx.op.name} {len(outputs)}")]
+            expected = self._derivatives(
+                reference_call, ref_leaves, mask, generator=None, weights=got.weights, outputs=ref_outputs  # type: ignore[arg-type]
+            )
+        except _Refused:
+            raise
+        except Exception as exc:
+            return [Finding(index, f"the marker's reference= raised {format_user_traceback(exc)}")]
+        tol = ctx.tolerance
+        for k, (o, e) in enumerate(zip(outputs, ref_outputs)):
+            if not (isinstance(o, torch.Tensor) and isinstance(e, torch.Tensor)):
+                continue
+            if o.shape != e.shape:
+                return [Finding(index, f"output {k} has shape {list(o.shape)}, the reference's {list(e.shape)}")]
+            mismatch = worst_mismatch(o.detach(), e.detach(), tol)
+            if mismatch is not None:
+                return [Finding(
+                    index,
+                    f"output {k} at {dtype_id(ctx.dtype)} differs from the {what_ref} on the same input values: "
+                    + mismatch.describe(what_ref, dtype_id(ctx.dtype)),
+                )]
+        what = "gradient" if self.order == 1 else "second derivative"
+        labels = [s.label for s in call.slots] + [f"grad_output[{k}]" for k in range(len(got.weights))]
+        names = [s.name for s in call.slots] + [None] * len(got.weights)
+        for label, name, g, e in zip(labels, names, got.grads, expected.grads):
+            mismatch = worst_mismatch(g, e, tol)
+            if mismatch is not None:
+                return [Finding(
+                    index,
+                    f"{what} of input {label} at {dtype_id(ctx.dtype)} differs from the {what_ref}'s autograd "
+                    f"{what} of the same input values: " + mismatch.describe(what_ref, dtype_id(ctx.dtype)),
+                    input_name=name,
+                )]
+        return []
+
+    def _reference_derivatives(
+        self, ctx: CheckContext, call: OpCall, mask: Sequence[bool], got: "_Derivatives", index: int
+    ) -> "tuple[torch.dtype, OpCall, _Derivatives, list[str]] | str":
+        """Climb down the precision ladder from the highest rung the op accepted before (kept in
+        ``ctx.cache``, per op and device): (reference dtype, the sample at it, its derivatives with the
+        item's grad_outputs, what higher rungs raised), or the skip reason when no rung works."""
+        key = ("reference precision", ctx.op.name, ctx.device, ctx.dtype.is_complex)
+        rungs = list(ladder(ctx.dtype))
+        known = ctx.cache.get(key)
+        declined: list[str] = list(ctx.cache.get(key + ("declined",), []))
+        if known in rungs:
+            rungs = rungs[rungs.index(known):]
+        for ref_dtype in rungs:
+            if ref_dtype == ctx.dtype:
+                ctx.cache[key] = ref_dtype
+                return ref_dtype, call, got, declined
+            reference = call.with_dtype(ref_dtype)
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    expected = self._derivatives(reference, reference.leaves(), mask, generator=None, weights=got.weights)
+            except _Refused:
+                raise
+            except Exception as exc:  # the plugin's probe at a precision the op may not support
+                if self.order == 2 and refuses_double_backward(exc):
+                    raise _Refused(_first_lines(str(exc), 1)) from None
+                refusal = f"{dtype_id(ref_dtype)}: {type(exc).__name__}: {_first_lines(str(exc), 1)}"
+                if refusal not in declined:
+                    declined.append(refusal)
+                ctx.cache[key + ("declined",)] = declined
+                continue
+            ctx.cache[key] = ref_dtype
+            return ref_dtype, reference, expected, declined
+        return (
+            f"no precision at or above {dtype_id(ctx.dtype)} where finite differences mean something runs "
+            f"{ctx.op.name} ({'; '.join(declined)}), so its gradients cannot be proven here: give the marker "
+            "reference=fn, a plain PyTorch function with the op's signature, whose float64 autograd they are "
+            "then compared with"
+        )
+
+    def _prove(
+        self, ctx: CheckContext, reference: OpCall, mask: Sequence[bool], derivatives: "_Derivatives",
+        ref_dtype: torch.dtype, index: int, notes: list[str],
+    ) -> Optional[tuple[str, Optional[str], str]]:
+        """Prove the reference derivatives against central differences at their precision, along one
+        random direction moving every input at once; when that fails, input by input, to name one
+        (an input is blamed only when its own direction fails too). None when proven."""
+        generator = ctx.generator(10_000 + index)
+        leaves = derivatives.leaves
+        if self.order == 1:
+            inputs = list(leaves)
+            loss_of = loss_function(reference.function(mask), derivatives.weights)
+            grads = list(derivatives.grads)
+            labels = [s.label for s in reference.slots]
+            names: list[Optional[str]] = [s.name for s in reference.slots]
+            rounding = loss_rounding(derivatives.outputs, derivatives.weights)
+        else:
+            if not derivatives.live:
+                return None
+            inputs = [*leaves, *derivatives.weights]
+            loss_of = _first_derivative_loss(reference, mask, len(leaves), derivatives.live, derivatives.directions)
+            grads = list(derivatives.grads)
+            labels = [s.label for s in reference.slots] + [f"grad_output[{k}]" for k in range(len(derivatives.weights))]
+            names = [s.name for s in reference.slots] + [None] * len(derivatives.weights)
+            rounding = loss_rounding(derivatives.first_live, derivatives.directions)
+        eps = ctx.spec.eps
+        directions = [random_like(x.detach(), generator) for x in inputs]
+        try:
+            joint = prove_directional(loss_of, inputs, grads, directions, rounding, ref_dtype, eps, ctx.tolerance.rtol)
+        except Exception:  # a forward that fails a step away: nothing proven, nothing to blame
+            return None
+        if joint.holds:
+            return None
+        if not math.isfinite(joint.numeric) and math.isfinite(joint.analytic):
+            # A step left the op's domain (a log or sqrt of an input near 0): a smaller one may not.
+            try:
+                joint = prove_directional(loss_of, inputs, grads, directions, rounding, ref_dtype, eps, ctx.tolerance.rtol, widen=0.01)
+            except Exception:
+                pass
+            if joint.holds:
+                return None
+            if not math.isfinite(joint.numeric):
+                notes.append(
+                    f"sample {index}: the {dtype_id(ref_dtype)} reference is not proven: the loss is not finite a "
+                    f"finite-difference step away (step {joint.step:g}); its derivatives were compared, not proven"
+                )
+                return None
+        try:
+            noise = abs(loss_of(inputs) - loss_of(inputs))
+        except Exception:
+            noise = 0.0
+        if noise > 0:
+            # A nondeterministic function (atomic adds, a noisy backward): differences over a step
+            # 1000x larger see through its noise; what is left of the disagreement is the op's.
+            noisy_proof = prove_directional(
+                loss_of, inputs, grads, directions, rounding, ref_dtype, eps, ctx.tolerance.rtol, noise=noise, widen=1000.0
+            )
+            if noisy_proof.holds:
+                return None
+        for position in range(len(inputs)):
+            alone = [d if k == position else None for k, d in enumerate(directions)]
+            own = [random_like(inputs[position].detach(), generator) if k == position else None for k in range(len(inputs))]
+            try:
+                proofs = [
+                    prove_directional(loss_of, inputs, grads, way, rounding, ref_dtype, eps, ctx.tolerance.rtol)
+                    for way in (alone, own)
+                ]
+            except Exception:
+                continue
+            if not any(p.holds for p in proofs):
+                detail = proofs[0].describe()
+                if grads[position] is None:
+                    detail += "; backward returned None for it (taken as zeros)"
+                return labels[position], names[position], detail
+        return None
 
     def _derivatives(
         self,
@@ -513,8 +746,8 @@ class _GradientCheck(Check):
         generator: Optional[torch.Generator],
         weights: Optional[list[torch.Tensor]],
         outputs: Optional[list[Any]] = None,
-    ) -> tuple[list[Optional[torch.Tensor]], list[torch.Tensor]]:
-        """First (or second) derivatives with respect to each input, and the weights used.
+    ) -> "_Derivatives":
+        """First (or second) derivatives with respect to each input, and what was used to get them.
 
         With ``weights`` given (the low-precision run's, converted) the same directions are reused;
         ``outputs``, the op's outputs on ``leaves`` with their graph, saves a forward when given."""
@@ -528,20 +761,100 @@ class _GradientCheck(Check):
             else:
                 weights = [w.detach().to(o.dtype) for w, o in zip(weights, outputs)]
             if self.order == 1:
-                return vjp(outputs, leaves, weights), weights
+                return _Derivatives(vjp(outputs, leaves, weights), weights, leaves, [o.detach() for o in outputs])
             weights = [w.detach().requires_grad_(True) for w in weights]
             first = vjp(outputs, leaves, weights, create_graph=True)
             if _once_differentiable(first):
                 raise _Refused("its backward is marked @once_differentiable")
-            live = [g for g in first if g is not None and g.requires_grad]
+            live = [k for k, g in enumerate(first) if g is not None and g.requires_grad]
+            live_first = [g for g in first if g is not None and g.requires_grad]
+            detached = [w.detach() for w in weights]
             if not live:
-                return [None] * (len(leaves) + len(weights)), weights
+                return _Derivatives([None] * (len(leaves) + len(weights)), detached, leaves, [])
             # Same directions for the low-precision run and its reference: fixed seeds.
-            directions = [random_like(g.detach(), torch.Generator().manual_seed(7 + k)) for k, g in enumerate(live)]
-            second = torch.autograd.grad(
-                real_loss(live, directions), [*leaves, *weights], allow_unused=True
+            directions = [random_like(g.detach(), torch.Generator().manual_seed(7 + n)) for n, g in enumerate(live_first)]
+            second = torch.autograd.grad(real_loss(live_first, directions), [*leaves, *weights], allow_unused=True)
+            return _Derivatives(
+                list(second), detached, leaves, [], live=live, directions=directions,
+                first_live=[g.detach() for g in live_first],
             )
-            return list(second), [w.detach() for w in weights]
+
+
+class _ReferenceFunction:
+    """The marker's ``reference=`` standing in for the op on a sample (converted to float64): called with
+    the op's arguments, positional and keyword-only as the schema has them."""
+
+    def __init__(self, function: Callable[..., Any], call: OpCall) -> None:
+        self.function = function
+        self.call = call
+
+    def leaves(self) -> list[torch.Tensor]:
+        return self.call.leaves()
+
+    def outputs(self, leaves: Sequence[torch.Tensor]) -> list[Any]:
+        from ..differentiation import flatten_outputs
+
+        args, kwargs = self.call.op.split_bound(self.call.substitute(leaves))
+        return flatten_outputs(self.function(*args, **kwargs))
+
+
+class _Derivatives:
+    """What :meth:`_GradientCheck._derivatives` computed: the derivatives (first: one per input; second:
+    one per input and grad_output), the grad_outputs, the leaves, the outputs, and for second order
+    which first derivatives were differentiated along which directions."""
+
+    def __init__(
+        self,
+        grads: list[Optional[torch.Tensor]],
+        weights: list[torch.Tensor],
+        leaves: list[torch.Tensor],
+        outputs: list[torch.Tensor],
+        live: Sequence[int] = (),
+        directions: Sequence[torch.Tensor] = (),
+        first_live: Sequence[torch.Tensor] = (),
+    ) -> None:
+        self.grads = grads
+        self.weights = weights
+        self.leaves = leaves
+        self.outputs = outputs
+        self.live = list(live)
+        self.directions = list(directions)
+        self.first_live = list(first_live)
+
+
+def _first_derivative_loss(
+    call: OpCall, mask: Sequence[bool], count: int, live: Sequence[int], directions: Sequence[torch.Tensor]
+) -> Callable[[Sequence[torch.Tensor]], float]:
+    """``sum_k Re(<d first_k(x, w), directions_k>)`` in float64, as a function of (inputs, grad_outputs):
+    the loss whose gradient the second derivatives are, for finite differences of the backward."""
+    fn = call.function(mask)
+
+    def loss_of(values: Sequence[torch.Tensor]) -> float:
+        xs = [v.detach().requires_grad_(True) for v in values[:count]]
+        ws = [v.detach() for v in values[count:]]
+        with torch.enable_grad():
+            outs = fn(*xs)
+            first = torch.autograd.grad(list(outs), xs, ws, allow_unused=True)
+        terms = [first[k] if first[k] is not None else torch.zeros_like(xs[k]) for k in live]
+        return loss_function(lambda *t: t, directions)(terms)
+
+    return loss_of
+
+
+def _reference_note(ref_dtype: torch.dtype, dtype: torch.dtype, declined: Sequence[str]) -> str:
+    """Which reference an item used, for its message and the report."""
+    why = f" ({'; '.join(declined)})" if declined else ""
+    if ref_dtype == dtype:
+        return f"reference: the op's own {dtype_id(ref_dtype)} derivatives, proven against finite differences in {dtype_id(ref_dtype)}{why}"
+    return f"reference: {dtype_id(ref_dtype)} derivatives of the same input values, proven against finite differences in {dtype_id(ref_dtype)}{why}"
+
+
+class _NotDifferentiable(Exception):
+    """Every output of the op is integer or bool on a sample: nothing to differentiate there."""
+
+
+class _NoReference(Exception):
+    """No precision of the ladder runs the op (and no ``reference=``): the item is a skip, this its reason."""
 
 
 def _missing_autograd_kernels(caught: Sequence[warnings.WarningMessage]) -> list[str]:
@@ -590,15 +903,33 @@ class _Refused(Exception):
     """A backward refused to be differentiated (raised out of one sample's second-order check)."""
 
 
+class _SecondOrderProbeError(Exception):
+    """The one double backward of the refusal probe raised something other than a refusal."""
+
+
 def _first_derivatives_with_graph(
-    call: OpCall, leaves: list[torch.Tensor], mask: Sequence[bool], generator: torch.Generator
+    call: OpCall, leaves: list[torch.Tensor], mask: Sequence[bool], generator: torch.Generator,
+    probe_second: bool = False,
 ) -> list[Optional[torch.Tensor]]:
-    """First derivatives computed with ``create_graph=True`` and grad_outputs that require grad."""
+    """First derivatives computed with ``create_graph=True`` and grad_outputs that require grad.
+
+    ``probe_second``: also differentiate them once, so that a backward refusing double backward raises
+    here, as fast as torch refuses, not after gradgradcheck's finite differences (seconds on real
+    inputs); a refusal propagates, another error is a :class:`_SecondOrderProbeError`."""
     with torch.enable_grad():
         fresh = [t.detach().requires_grad_(True) for t in leaves]
         outputs = call.function(mask)(*fresh)
         weights = [random_like(o, generator).requires_grad_(True) for o in outputs]
-        return vjp(outputs, fresh, weights, create_graph=True)
+        first = vjp(outputs, fresh, weights, create_graph=True)
+        live = [g for g in first if g is not None and g.requires_grad]
+        if probe_second and live and not _once_differentiable(first):
+            try:
+                torch.autograd.grad(real_loss(live, [torch.ones_like(g) for g in live]), [*fresh, *weights], allow_unused=True)
+            except Exception as exc:
+                if refuses_double_backward(exc):
+                    raise
+                raise _SecondOrderProbeError(str(exc)) from exc
+        return first
 
 
 def _once_differentiable(grads: Sequence[Optional[torch.Tensor]]) -> bool:
@@ -620,20 +951,20 @@ def _detached_gradients(
 
 
 class GradCheck(_GradientCheck):
-    """First derivatives: ``torch.autograd.gradcheck`` in float64/complex128; at lower precision,
-    the op's gradients compared with its float64 gradients of the same input values."""
+    """First derivatives: ``torch.autograd.gradcheck`` in float64/complex128; at lower precision, the
+    op's gradients compared with proven reference gradients of the same input values."""
 
     name = "gradcheck"
-    description = "first derivatives against finite differences (float64) or the float64 gradients (lower precision)"
+    description = "first derivatives against finite differences (float64), or against reference gradients proven by them (lower precision)"
     order = 1
 
 
 class GradGradCheck(_GradientCheck):
     """Second derivatives: ``torch.autograd.gradgradcheck`` in float64/complex128; at lower precision,
-    second-order vector-Jacobian products compared with float64 ones."""
+    second-order vector-Jacobian products compared with proven reference ones."""
 
     name = "gradgradcheck"
-    description = "second derivatives (backward of backward) against finite differences or float64"
+    description = "second derivatives (backward of backward) against finite differences, or proven reference ones"
     order = 2
 
     def not_applicable(self, op: Any, spec: Any) -> Optional[str]:

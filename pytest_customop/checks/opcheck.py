@@ -20,6 +20,7 @@ from typing import Any, Optional
 import torch
 
 from ..fake_kernels import missing_fake_kernel
+from ._support import wants_gradients
 from .base import Check, CheckContext, CheckResult, Finding
 
 __all__ = ["OpCheck", "DEFAULT_SUB_TESTS", "available_sub_tests", "first_lines"]
@@ -88,10 +89,13 @@ class OpCheck(Check):
     """
 
     name = "opcheck"
+    options_accepted = ("test_utils",)
     description = "torch.library.opcheck: schema, autograd registration, fake kernel, AOT dispatch"
 
     def not_applicable(self, op: Any, spec: Any) -> Optional[str]:
         # Only the cheap question here: the sub-test table is imported in run(), when selected.
+        if op.registration.name == "AUTOGRAD_FUNCTION":
+            return f"{op.name} is a torch.autograd.Function, not an operator: opcheck tests torch.library registrations"
         if not hasattr(torch.library, "opcheck"):
             return f"torch {torch.__version__} has no torch.library.opcheck (it needs torch >= 2.4)"
         return None
@@ -113,7 +117,7 @@ class OpCheck(Check):
             )
         # Mutating ops cannot have autograd; inputs that require grad would only make the in-place
         # update an error, so they get plain inputs.
-        samples = ctx.samples(requires_grad=not ctx.op.is_mutable)
+        samples = ctx.samples(requires_grad=wants_gradients(ctx))
         # An eager-only op has no fake kernel: its fake-tensor and AOT sub-tests do not apply (the
         # compile check says the same), the schema and autograd-registration ones still do.
         no_fake = missing_fake_kernel(ctx.op, samples)

@@ -19,9 +19,17 @@ import torch
 
 from ..differentiation import OpCall, Slot, random_like, real_loss, worst_mismatch
 from ..dtypes import dtype_id, is_differentiable_dtype
+from ..isolation import Crash, phase, run_contained, should_isolate
 from .base import Check, CheckContext, CheckResult, Finding, format_user_traceback
 
 __all__ = ["RequiresGradSubsetsCheck", "gradient_check_not_applicable"]
+
+#: Why a subset is a legitimate input, on every finding's second line.
+LEGITIMATE = (
+    "why this is valid: any subset of the differentiable inputs may require grad (a frozen weight, a constant "
+    "input); torch then calls the backward with ctx.needs_input_grad saying which, and the gradients it "
+    "asks for must not change"
+)
 
 
 def gradient_check_not_applicable(op: Any) -> Optional[str]:
@@ -55,11 +63,17 @@ def _subsets(units: list[tuple[str, list[int]]]) -> list[tuple[str, frozenset[in
     return [(description, subset) for subset, description in subsets.items() if subset and subset != everything]
 
 
+def _reorder(entry: tuple[int, OpCall, list[tuple[str, list[int]]]]) -> tuple[OpCall, list[tuple[str, list[int]]], int]:
+    index, call, units = entry
+    return call, units, index
+
+
 class RequiresGradSubsetsCheck(Check):
     """Gradients with only some inputs requiring grad equal those with all of them requiring grad."""
 
     name = "requires_grad_subsets"
     description = "gradients stay right when only some inputs require grad (each alone, all but each)"
+    options_accepted = ("isolate",)
 
     def not_applicable(self, op: Any, spec: Any) -> Optional[str]:
         reason = gradient_check_not_applicable(op)
@@ -77,6 +91,7 @@ class RequiresGradSubsetsCheck(Check):
         findings: list[Finding] = []
         checked = 0
         subsets_run = 0
+        runnable: list[tuple[int, OpCall, list[tuple[str, list[int]]]]] = []
         for index, sample in enumerate(samples):
             try:
                 call = OpCall(ctx.op, sample)
@@ -84,10 +99,17 @@ class RequiresGradSubsetsCheck(Check):
                 findings.append(Finding(index, f"the sample does not fit the schema: {exc}"))
                 continue
             units = _units(call.slots)
-            if len(units) < 2:
-                continue
+            if len(units) >= 2:
+                runnable.append((index, call, units))
+        # A compiled backward handed undefined gradients may crash: contained like edge_shapes' samples.
+        isolate = should_isolate(ctx.op, ctx.device, ctx.options.get("isolate"))
+        outcomes = run_contained(len(runnable), lambda step: self._check_sample(ctx, *_reorder(runnable[step])), isolate)
+        for (index, _, _), outcome in zip(runnable, outcomes):
             checked += 1
-            problems, count = self._check_sample(ctx, call, units, index)
+            if isinstance(outcome, Crash):
+                findings.append(Finding(index, f"{outcome.describe()}\n{LEGITIMATE}"))
+                continue
+            problems, count = outcome
             subsets_run += count
             findings.extend(problems)
         if findings:
@@ -104,6 +126,7 @@ class RequiresGradSubsetsCheck(Check):
         self, ctx: CheckContext, call: OpCall, units: list[tuple[str, list[int]]], index: int
     ) -> tuple[list[Finding], int]:
         generator = ctx.generator(index)
+        phase("the forward and backward with every input requiring grad")
         try:
             leaves = call.leaves()
             with torch.enable_grad():
@@ -135,6 +158,7 @@ class RequiresGradSubsetsCheck(Check):
         description: str,
         index: int,
     ) -> Optional[Finding]:
+        phase(f"the forward and backward when {description}")
         leaves = [t.detach().clone().requires_grad_(k in subset) for k, t in enumerate(call.leaves())]
         chosen = [leaves[k] for k in sorted(subset)]
         try:
@@ -151,7 +175,8 @@ class RequiresGradSubsetsCheck(Check):
                     real_loss([o for o, _ in pairs], [w for _, w in pairs]), chosen, allow_unused=True
                 )
         except Exception as exc:
-            return Finding(index, f"when {description}, backward raised {format_user_traceback(exc)}")
+            head, _, frames = format_user_traceback(exc).partition("\n")
+            return Finding(index, f"when {description}, backward raised {head}\n{LEGITIMATE}\n{frames}".rstrip())
         for position, grad in zip(sorted(subset), grads):
             slot = call.slots[position]
             expected = full[position]
@@ -159,7 +184,7 @@ class RequiresGradSubsetsCheck(Check):
                 return Finding(
                     index,
                     f"when {description}, the gradient of input {slot.label} has shape {list(grad.shape)}, "
-                    f"but {list(expected.shape)} when every input requires grad",
+                    f"but {list(expected.shape)} when every input requires grad\n{LEGITIMATE}",
                     input_name=slot.name,
                 )
             mismatch = worst_mismatch(grad, expected, ctx.tolerance)
@@ -168,7 +193,8 @@ class RequiresGradSubsetsCheck(Check):
                 return Finding(
                     index,
                     f"when {description}, the gradient of input {slot.label} is wrong{missing}: "
-                    + mismatch.describe("every input requiring grad", f"{description}"),
+                    + mismatch.describe("every input requiring grad", f"{description}")
+                    + f"\n{LEGITIMATE}",
                     input_name=slot.name,
                 )
         return None

@@ -198,6 +198,8 @@ class GradientCheckingKernel:
         self._positional = [a for a in op.arguments if not a.kwarg_only]
         self._has_kwarg_only = any(a.kwarg_only for a in op.arguments)
         self.function = self._generate() if source.is_python else None
+        #: Broadcast-reducible gradients seen (messages), left to the engine's sum_to instead of raised.
+        self.reduced_shapes: list[GradientProblem] = []
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -294,6 +296,9 @@ class GradientCheckingKernel:
         problems += validate_gradients(op_name, call.inputs, by_name)
         problems += _mutations(op_name, grad_snapshot, "the gradient of the op's output it was given")
         problems += _mutations(op_name, saved_snapshot, "a tensor saved for backward")
+        reducible = [p for p in problems if p.reducible]
+        self.reduced_shapes.extend(p for p in reducible if p not in self.reduced_shapes)
+        problems = [p for p in problems if not p.reducible]
         if problems:
             raise GradientValidationError(op_name, problems, source.describe())
         return (*call.flat_grads(by_name), None)
@@ -321,7 +326,12 @@ def kernel_for(op: ResolvedOp, probe: Optional[Mapping[str, Any]] = None, cache:
     key = (_CACHE_KEY, op.name)
     if cache is not None and key in cache:
         return cache[key]
-    kernel = GradientCheckingKernel(op, find_backward(op, probe))
+    if op.registration is RegistrationStyle.AUTOGRAD_FUNCTION:  # its own backward, validated by input name
+        from ..autograd_functions import FunctionCheckingKernel
+
+        kernel: Any = FunctionCheckingKernel(op)  # type: ignore[arg-type]
+    else:
+        kernel = GradientCheckingKernel(op, find_backward(op, probe))
     needs_probe = op.registration is RegistrationStyle.LIBRARY and probe is None
     if cache is not None and not needs_probe:
         cache[key] = kernel

@@ -36,6 +36,9 @@ class GradientProblem:
 
     message: str
     input_name: Optional[str] = None
+    #: A larger gradient the engine's ``sum_to`` reduces to the input's shape by design: a note unless
+    #: the marker asks for strict shapes.
+    reducible: bool = False
 
 
 class GradientValidationError(RuntimeError):
@@ -127,12 +130,15 @@ def tensor_problems(op_name: str, label: str, grad: torch.Tensor, meta: TensorMe
     problems = []
     name = label.split("'")[1]
     where = f"{op_name}: the gradient for input {label}"
-    if tuple(grad.shape) != meta.shape:
+    if tuple(grad.shape) != meta.shape and _broadcasts_to(grad.shape, meta.shape):
         problems.append(GradientProblem(
-            f"{where}: expected shape {list(meta.shape)} (the input's), got {list(grad.shape)}"
-            + (" (torch would sum it down silently)" if _broadcasts_to(grad.shape, meta.shape) else ""),
+            f"{where} has shape {list(grad.shape)}, larger than the input's {list(meta.shape)}: relies on the "
+            f"engine to reduce {list(grad.shape)} to {list(meta.shape)}",
             name,
+            reducible=True,
         ))
+    elif tuple(grad.shape) != meta.shape:
+        problems.append(GradientProblem(f"{where}: expected shape {list(meta.shape)} (the input's), got {list(grad.shape)}", name))
     if grad.dtype != meta.dtype:
         problems.append(GradientProblem(
             f"{where}: expected dtype {dtype_id(meta.dtype)} (the input's), got {dtype_id(grad.dtype)} "

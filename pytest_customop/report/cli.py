@@ -60,7 +60,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     import json
 
-    from .formats import matrix_html, write_text
+    from .formats import matrix_html
+    from .writing import write_text
     from .matrix_views import matrix_markdown, matrix_terminal
     from .merge import InputError, merge_runs, read_inputs
 
@@ -77,7 +78,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         ("html", args.html, lambda: matrix_html(matrix)),
     ):
         if path:
-            print(f"customop merged report ({fmt}) written to {write_text(render(), path)}")
+            print(f"customop merged report ({fmt}) written to {write_text(path, render())}")
     return 1 if matrix.failures() or matrix.conflicts() else 0
 
 

@@ -1,6 +1,6 @@
 """The report as files: JSON (versioned, for machines), Markdown (for a PR comment or a CI job summary)
-and HTML (one self-contained page). Every file is written atomically: a temporary file beside it,
-then renamed over it, so a reader never sees half a report.
+and HTML (one self-contained page). Files are written by :mod:`.writing`: atomically, through
+symlinks, in place for devices and fifos, with control characters escaped in Markdown and HTML.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ import html
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Optional
 
@@ -18,7 +17,7 @@ from .model import OUTCOMES, Report, Row, column_sort_key, worst
 if TYPE_CHECKING:
     from .merge import Matrix
 
-__all__ = ["FORMATS", "ReportTarget", "TargetError", "matrix_html", "parse_target", "write_report", "write_text"]
+__all__ = ["FORMATS", "ReportTarget", "TargetError", "matrix_html", "parse_target", "parse_targets", "write_report"]
 
 
 class TargetError(ValueError):
@@ -38,7 +37,9 @@ def _check_writable(path: str, given: str) -> None:
         raise TargetError(f"{given}: {path} is a directory; give a file path")
     if os.path.exists(path) and not os.access(path, os.W_OK):
         raise TargetError(f"{given}: {path} is not writable")
-    parent = os.path.dirname(path)
+    if os.path.exists(path) and not os.path.isfile(path):
+        return  # a device or a fifo: written in place
+    parent = os.path.dirname(os.path.realpath(path))  # a symlink's target is what gets replaced
     while parent and not os.path.exists(parent):  # missing folders are created when the file is written
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
@@ -70,9 +71,33 @@ def parse_target(value: str, base_dir: str) -> ReportTarget:
         )
     if not path.strip():
         raise TargetError(f"{given}: no path after {fmt}:")
+    if path.strip().endswith(("/", os.sep)):
+        raise TargetError(f"{given}: the path ends with a slash, so it names a folder; give a file path such as {path.strip()}report.{fmt}")
     full = os.path.abspath(os.path.join(base_dir, os.path.expanduser(path.strip())))
     _check_writable(full, given)
     return ReportTarget(fmt, full)
+
+
+def parse_targets(values: list[str], base_dir: str) -> list[ReportTarget]:
+    """Every ``--customop-report`` value parsed (see :func:`parse_target`); a bare flag given twice is
+    one terminal report, and two formats (or one format twice) at the same file are an error."""
+    targets: list[ReportTarget] = []
+    given_for: dict[str, str] = {}
+    for value in values:
+        target = parse_target(value, base_dir)
+        if target.path is None:
+            if target not in targets:
+                targets.append(target)
+            continue
+        key = os.path.realpath(target.path)
+        if key in given_for:
+            raise TargetError(
+                f"--customop-report={value}: {target.path} is also given by --customop-report={given_for[key]}; "
+                "one file holds one report: give each format its own path"
+            )
+        given_for[key] = value
+        targets.append(target)
+    return targets
 
 
 # -- JSON -------------------------------------------------------------------------------------------
@@ -166,6 +191,8 @@ def _md_reasons(report: Report, rows: list[Row]) -> list[str]:
                 f"- **{row.outcome.upper()}** {md_escape(where)}: {md_escape(row.message or '(no message)')}  \n"
                 f"  reproduce: {md_code(report.repro(row))}"
             )
+    for row in rows:
+        out.extend(f"- **NOTE** {md_escape(row.where())}: {md_escape(note)}" for note in row.finding_notes)
     return out + [""] if out else out
 
 
@@ -185,7 +212,7 @@ td.skipped,td.xfailed{background:#fff4cc}td.xpassed{background:#ffe3b3;font-weig
 .conflict{outline:3px solid #8a2be2;outline-offset:-3px}
 .duration,.env-names{display:block;font-weight:normal;font-size:.8em;color:#555}
 code{background:#f5f5f5;padding:0 .2em}
-.warning{color:#a60}
+.warning,.note-reason{color:#a60}
 .opener{display:none}
 .panel{display:none;border:1px solid #999;border-left:6px solid #999;margin:.5em 0;padding:.5em 1em;background:#fff;max-width:75em}
 .opener:checked+.panel,.panel:target{display:block}
@@ -301,6 +328,13 @@ def matrix_html(matrix: "Matrix", header: Optional[str] = None) -> str:
                 f'<li class="{entry.row.outcome}-reason"><label for="{opener_of[id(entry)]}"><strong>{_h(entry.row.outcome.upper())}</strong> '
                 f"{_h(where)}</label>: {_h(entry.row.message or '(no message)')}<br>reproduce: <code>{_h(matrix.repro(entry))}</code></li>"
             )
+        for _opener, _check, _column, cell in entries_in_order:  # found without failing: a suspected edge
+            for entry in cell.entries:
+                reasons.extend(
+                    f'<li class="note-reason"><label for="{opener_of[id(entry)]}"><strong>NOTE</strong> {_h(entry.row.where())}</label>: '
+                    f"{_h(note)}</li>"
+                    for note in entry.row.finding_notes
+                )
         if reasons:
             out += ['<ul class="reasons">'] + reasons + ["</ul>"]
         out += ['<div class="panels">'] + panels + ["</div>", "</section>"]
@@ -364,37 +398,18 @@ def _html_panel(matrix: "Matrix", opener: str, what: str, entries: list, heatmap
     return "".join(parts)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 #: Each file format's renderer.
 FORMATS: dict[str, Callable[[Report], str]] = {"json": to_json, "md": to_markdown, "html": to_html}
 
 
 def write_report(report: Report, target: ReportTarget) -> str:
-    """Write ``report`` to ``target.path`` atomically (missing folders created); returns the path."""
+    """Write ``report`` to ``target.path`` (see :func:`.writing.write_text`); returns the path written.
+    Markdown and HTML get :func:`.writing.readable_report`'s text, JSON the text as it was."""
+    from .writing import readable_report, write_text
+
     assert target.path is not None
-    return write_text(FORMATS[target.format](report), target.path)
-
-
-def write_text(text: str, path: str) -> str:
-    """Write ``text`` to ``path`` atomically: a temporary file beside it, then renamed over it."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".customop-report-", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it private; give it a normal file's mode
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-    return path
+    shown = report if target.format == "json" else readable_report(report)
+    return write_text(target.path, FORMATS[target.format](shown))
 
 
 assert set(_MD_CELL) == set(OUTCOMES) == set(_HTML_CELL)

@@ -133,7 +133,29 @@ def _read_json_report(path: str, text: str) -> list[Run]:
 
 
 #: The input kinds, tried in order.
+def _read_journal(path: str, text: str) -> list[Run]:
+    """A journal (report/journal.py): the run it records, finished or not."""
+    from .journal import JournalError, report_from_journal_text
+
+    try:
+        report = report_from_journal_text(path, text)
+    except JournalError as exc:
+        raise InputError(str(exc)) from None
+    environment = dict(report.environment)
+    environment.setdefault("torch", report.torch)
+    return [Run(path, list(report.rows), environment, report.seed, list(report.check_order), list(report.coverage),
+                list(report.warnings), "journal")]
+
+
+def _is_journal(path: str, head: str) -> bool:
+    from .journal import is_journal
+
+    return is_journal(head)
+
+
+#: The input kinds, tried in order (a journal's lines start with "{" too: it comes first).
 READERS: list[Reader] = [
+    Reader("journal", _is_journal, _read_journal),
     Reader("json report", lambda path, head: head.lstrip().startswith("{"), _read_json_report),
 ]
 

@@ -18,9 +18,14 @@ __all__ = [
     "Phase",
     "Report",
     "Row",
+    "finding_notes",
     "first_line",
     "repro_command",
 ]
+
+#: How the notes of a passing item that report a finding begin (edge_shapes' suspected edges, which fail
+#: only with --customop-strict-edges). Such notes come last in an item's notes.
+FINDING_NOTE_PREFIXES = ("suspected edge:",)
 
 #: Version of the JSON document; raised when a field changes meaning or disappears (published as the
 #: JSON Schema ``report-customop.schema.json`` in this package, see docs/report.md). Version 2 added
@@ -50,6 +55,23 @@ def first_line(text: str) -> str:
         if line.strip():
             return line.strip()
     return ""
+
+
+def finding_notes(message: str) -> list[str]:
+    """The notes of ``message`` (an item's notes joined by "; ") that report a finding, each whole."""
+    starts = sorted(
+        index for prefix in FINDING_NOTE_PREFIXES for index in _occurrences(message, prefix)
+    )
+    return [message[start:end].rstrip("; ").strip() for start, end in zip(starts, starts[1:] + [len(message)])]
+
+
+def _occurrences(text: str, prefix: str) -> list[int]:
+    found, start = [], text.find(prefix)
+    while start >= 0:
+        if start == 0 or text[max(0, start - 2):start] == "; ":
+            found.append(start)
+        start = text.find(prefix, start + 1)
+    return found
 
 
 def worst(outcomes: list[str]) -> str:
@@ -145,6 +167,11 @@ class Row:
     def column(self) -> str:
         """The report table's column of this row: ``cpu/float64``."""
         return f"{self.device or '?'}/{self.dtype or '?'}"
+
+    @property
+    def finding_notes(self) -> list[str]:
+        """What a passing or skipped item found without failing (suspected edges), one text each."""
+        return finding_notes(self.message) if self.outcome in ("passed", "skipped") else []
 
     def where(self) -> str:
         """``gradcheck cpu/float64``, or the node id for an item whose check is not known."""

@@ -8,10 +8,18 @@ as ``<property>``). The controller (the only process, or the xdist controller) g
 leaves its error report. A worker's first report also carries every item it collected (so items a crash
 left unrun become error rows), and its ``config.workeroutput`` the coverage of the namespaces under test,
 which only workers can see (the controller never imports test modules).
+
+The controller appends each item's start and result to the run's :class:`~.journal.Journal` as they
+arrive (a file beside the first file report), and builds the reports from it at the end, so they list
+every collected item and say when the run stopped early. Each report file is written on its own: one
+that cannot be written is a warning naming its path, the others still come out. ``--collect-only`` and
+``--customop-list`` write nothing (an earlier run's reports stay).
 """
 
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Optional
@@ -19,7 +27,8 @@ from typing import TYPE_CHECKING, Any, Optional
 import pytest
 
 from .formats import ReportTarget, write_report
-from .model import ItemOutcome, NamespaceCoverage, Phase, Report, Row, first_line
+from .journal import Journal, build_report, journal_path_for
+from .model import ItemOutcome, Phase, Report, first_line
 
 if TYPE_CHECKING:
     from ..session import CustomOpSession
@@ -130,11 +139,31 @@ class ReportPlugin:
         self.worker_environment: dict = {}
         self.report: Optional[Report] = None
         self.written: list[ReportTarget] = []
+        self.not_written: list[tuple[ReportTarget, str]] = []
         self._items_sent = False
+        self._items_journaled: set[str] = set()
+        self.stopped: Optional[str] = None  # why the run ended early (Ctrl-C, pytest.exit, a collection error)
+        option = self.config.option
+        # Listing or collecting only runs nothing: the reports of an earlier run are left alone.
+        self.writes = bool(targets) and not getattr(option, "collectonly", False) and not getattr(option, "customop_list", False)
+        self.journal = Journal(self._journal_path() if self.writes and self.is_controller else None,
+                               {"seed": session.settings.seed, "torch": _installed_torch_version()})
 
     @property
     def enabled(self) -> bool:
         return bool(self.targets)
+
+    def _journal_path(self) -> Optional[str]:
+        for target in self.targets:  # beside the first report that is (or will be) a regular file
+            if target.path is not None and (not os.path.exists(target.path) or os.path.isfile(target.path)):
+                return journal_path_for(target.path)
+        return None
+
+    def _journal_items(self, items: dict[str, dict]) -> None:
+        new = {nodeid: meta for nodeid, meta in items.items() if nodeid not in self._items_journaled}
+        if new and self.writes:
+            self._items_journaled.update(new)
+            self.journal.record("items", items=new)
 
     # -- on every process that runs tests -----------------------------------------------------
     @pytest.hookimpl(trylast=True)
@@ -144,6 +173,15 @@ class ReportPlugin:
             item.stash[_meta_key] = meta
             if meta is not None:
                 self.items[item.nodeid] = meta
+        if self.is_controller and self.enabled:
+            if "torch" in sys.modules:  # the test modules imported it: say which devices this run has
+                from ..devices import available_devices, run_environment
+
+                self.journal.record(
+                    "environment", torch=str(sys.modules["torch"].__version__), devices=available_devices(),
+                    environment=run_environment(),
+                )
+            self._journal_items(self.items)
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo) -> Any:
@@ -189,10 +227,16 @@ class ReportPlugin:
             report.user_properties.extend((name, "" if value is None else str(value)) for name, value in properties)
         return report
 
+    def pytest_runtest_logstart(self, nodeid: str, location: Any) -> None:
+        if self.enabled and self.is_controller and self.writes:
+            self.journal.record("start", nodeid=nodeid)
+
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if not (self.enabled and self.is_controller):
             return
-        self.items.update(getattr(report, "customop_items", None) or {})
+        worker_items = getattr(report, "customop_items", None) or {}
+        self.items.update(worker_items)
+        self._journal_items(worker_items)
         if report.outcome == "rerun":  # pytest-rerunfailures: this attempt failed, the item runs again
             self.reruns[report.nodeid] = self.reruns.get(report.nodeid, 0) + 1
             self.outcomes.pop(report.nodeid, None)
@@ -201,7 +245,39 @@ class ReportPlugin:
         if info is not None:
             self.details[report.nodeid] = info
         if info is not None or report.when == "???" or report.nodeid in self.outcomes:
-            self.outcomes.setdefault(report.nodeid, ItemOutcome()).add(report_phase(report))
+            phases = self.outcomes.setdefault(report.nodeid, ItemOutcome())
+            phases.add(report_phase(report))
+            if report.when in ("teardown", "???"):  # the item is over: its row, on disk now
+                self._journal_result(report.nodeid, phases)
+
+    def _journal_result(self, nodeid: str, phases: ItemOutcome) -> None:
+        meta = self.details.get(nodeid) or self.items.get(nodeid)
+        if meta is None:  # not a customop item
+            return
+        outcome, message = phases.outcome()
+        if message.startswith(f"{nodeid}: "):  # marker errors name the item, which the row does already
+            message = message[len(nodeid) + 2 :]
+        if self.reruns.get(nodeid):
+            message = "; ".join(filter(None, [f"{outcome} after {self.reruns[nodeid]} rerun(s)", message]))
+        self.journal.record(
+            "result", nodeid=nodeid, op=meta.get("op"), check=meta.get("check"), device=meta.get("device"),
+            dtype=meta.get("dtype"), outcome=outcome, message=message, duration_s=round(phases.duration, 6),
+            samples=meta.get("samples"), ran_on=meta.get("ran_on"), device_name=meta.get("device_name"),
+            details=phases.details(), heatmap=meta.get("heatmap"),
+        )
+
+    def pytest_keyboard_interrupt(self, excinfo: Any) -> None:
+        value = excinfo.value
+        text = str(getattr(value, "msg", None) or value or "").strip()
+        self.stopped = f"interrupted ({excinfo.typename}{': ' + text if text else ''})"
+
+    def _stop_reason(self, session: pytest.Session) -> Optional[str]:
+        if self.stopped:
+            return self.stopped
+        for reason in (session.shouldstop, session.shouldfail):
+            if reason:
+                return f"stopped early ({reason}; -x/--maxfail)" if "failure" in str(reason) else f"stopped early ({reason})"
+        return None
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
@@ -220,15 +296,36 @@ class ReportPlugin:
                 "environment": run_environment(),
             }
             return
+        if not self.writes:
+            return
         if not self.config.pluginmanager.hasplugin("dsession"):
             from .coverage import namespace_ops  # no workers: this process imported the ops
 
             self.coverage = namespace_ops(self._namespaces(self.items.values()))
-        self.report = self.build()
+        if self.coverage:
+            self.journal.record("coverage", coverage=self.coverage)
+        self.journal.record("end", stopped=self._stop_reason(session), crashed_workers=sorted(self.crashed_workers))
+        try:
+            self.report = self.build()
+        except Exception as exc:  # the plugin's own bug: say so, and leave junit.xml and the journal be
+            self.journal.close(remove=False)
+            warnings.warn(pytest.PytestWarning(f"pytest-customop: could not build the report: {type(exc).__name__}: {exc}"), stacklevel=1)
+            return
         for target in self.targets:
-            if target.path is not None:
+            if target.path is None:
+                continue
+            try:
                 write_report(self.report, target)
+            except Exception as exc:  # one file lost is not every report lost
+                self.not_written.append((target, f"{type(exc).__name__}: {exc}"))
+                warnings.warn(pytest.PytestWarning(
+                    f"pytest-customop: could not write the {target.format} report to {target.path}: {type(exc).__name__}: {exc}"
+                ), stacklevel=1)
+            else:
                 self.written.append(target)
+        if self.journal.error:
+            warnings.warn(pytest.PytestWarning(f"pytest-customop: {self.journal.error}"), stacklevel=1)
+        self.journal.close(remove=not self.not_written)
         for warning in self.report.warnings:
             warnings.warn(pytest.PytestWarning(f"pytest-customop: {warning}"), stacklevel=1)  # about the run, not a line
 
@@ -244,6 +341,10 @@ class ReportPlugin:
         for device in output.get("devices", []):
             if device not in self.worker_devices:
                 self.worker_devices.append(device)
+        if self.writes:
+            self.journal.record(
+                "environment", torch=self.worker_torch, devices=list(self.worker_devices), environment=self.worker_environment
+            )
         for namespace, found in output.get("coverage", {}).items():
             known = self.coverage.setdefault(namespace, {"ops": [], "no_autograd": []})
             for key in ("ops", "no_autograd"):
@@ -254,7 +355,7 @@ class ReportPlugin:
         return sorted({m["op"].split("::", 1)[0] for m in metas if m.get("op") and "::" in m["op"]})
 
     def build(self) -> Report:
-        """The report of everything gathered so far."""
+        """The report of the journal so far (every result, every collected item without one)."""
         if self.worker_torch is not None:  # a pytest-xdist controller: the workers said
             torch_version, devices = self.worker_torch, list(self.worker_devices)
             environment = dict(self.worker_environment)
@@ -264,95 +365,44 @@ class ReportPlugin:
             from ..devices import available_devices, run_environment
 
             torch_version, devices, environment = str(torch.__version__), available_devices(), run_environment()
-        settings = self.session.settings
-        rows = []
-        for nodeid, phases in self.outcomes.items():
-            meta = self.details.get(nodeid) or self.items.get(nodeid)
-            if meta is None:  # not a customop item
-                continue
-            outcome, message = phases.outcome()
-            if message.startswith(f"{nodeid}: "):  # marker errors name the item, which the row does already
-                message = message[len(nodeid) + 2 :]
-            if self.reruns.get(nodeid):
-                message = "; ".join(filter(None, [f"{outcome} after {self.reruns[nodeid]} rerun(s)", message]))
-            rows.append(
-                Row(
-                    meta.get("op"),
-                    meta.get("check"),
-                    meta.get("device"),
-                    meta.get("dtype"),
-                    outcome,
-                    message,
-                    phases.duration,
-                    nodeid,
-                    meta.get("samples"),
-                    ran_on=meta.get("ran_on"),
-                    device_name=meta.get("device_name"),
-                    details=phases.details(),
-                    heatmap=meta.get("heatmap"),
-                )
-            )
-        warnings_: list[str] = []
-        if self.crashed_workers:
-            crashed = ", ".join(sorted(self.crashed_workers))
-            warnings_.append(
-                f"pytest-xdist worker(s) {crashed} crashed; the item each was running, and any item left "
-                "unrun, are reported as errors"
-            )
-            for nodeid, meta in sorted(self.items.items()):
-                if nodeid not in self.outcomes:
-                    rows.append(
-                        Row(
-                            meta.get("op"),
-                            meta.get("check"),
-                            meta.get("device"),
-                            meta.get("dtype"),
-                            "error",
-                            f"not run: pytest-xdist worker(s) {crashed} crashed",
-                            0.0,
-                            nodeid,
-                        )
-                    )
-        tested = {row.op for row in rows if row.op} | {m["op"] for m in self.items.values() if m.get("op")}
-        coverage = [
-            NamespaceCoverage(
-                namespace,
-                found["ops"],
-                [op for op in found["ops"] if op not in tested],
-                found["no_autograd"],
-            )
-            for namespace, found in sorted(self.coverage.items())
-        ]
-        check_order: list[str] = []
-        for meta in self.items.values():  # collection order: checks= order, else registration order
-            if meta.get("check") and meta["check"] not in check_order:
-                check_order.append(meta["check"])
-        return Report(
-            check_order=check_order,
-            torch=torch_version,
-            seed=settings.seed,
-            devices=devices,
-            rows=rows,
-            coverage=coverage,
-            warnings=warnings_,
-            environment=environment,
-            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        )
+        report = build_report(self.journal.records, torch=torch_version, devices=devices, environment=environment)
+        report.created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        return report
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.report is None:
             return
         if any(t.format == "terminal" for t in self.targets):
             from .terminal import render
+            from .writing import readable_report
 
             width = self.config.get_terminal_writer().fullwidth
             terminalreporter.write_sep("=", "customop report")
-            for line in render(self.report, width):
+            for line in render(readable_report(self.report), width):
                 for text, markup in line:
                     terminalreporter.write(text, **markup)
                 terminalreporter.line("")
         for target in self.written:
             terminalreporter.write_line(f"customop report ({target.format}) written to {target.path}")
+        for target, why in self.not_written:
+            terminalreporter.write_line(f"customop report ({target.format}) NOT written to {target.path}: {why}", red=True)
+        if self.not_written and self.journal.path:
+            terminalreporter.write_line(
+                f"customop journal kept at {self.journal.path}: rebuild with "
+                f"pytest --customop-report-from-journal={self.journal.path} --customop-report=FORMAT:PATH"
+            )
+
+
+def _installed_torch_version() -> str:
+    """torch's version without importing it (a pytest-xdist controller never does)."""
+    if "torch" in sys.modules:
+        return str(sys.modules["torch"].__version__)
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("torch")
+    except PackageNotFoundError:
+        return "?"
 
 
 class XdistReportHooks:

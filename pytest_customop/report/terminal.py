@@ -104,6 +104,11 @@ def _reasons(report: Report, rows: list[Row], width: int) -> list[Line]:
         lines.append([(first[: len(_INDENT) + len(text)], markup), (first[len(_INDENT) + len(text):], {})])
         lines.extend([(line, {})] for line in rest)
         lines.append([(f"{_INDENT * 2}reproduce: {report.repro(row)}", {})])  # unwrapped: copy-pasteable
+    for row in rows:
+        for note in row.finding_notes:  # found without failing the item: a suspected edge
+            first, *rest = _wrapped(f"NOTE {row.where()}: {note}", width, _INDENT)
+            lines.append([(first[: len(_INDENT) + 4], {"yellow": True, "bold": True}), (first[len(_INDENT) + 4:], {})])
+            lines.extend([(line, {})] for line in rest)
     return lines
 
 
