@@ -231,7 +231,6 @@ def pytest_report_collectionfinish(config: pytest.Config, items: list[pytest.Ite
     import torch
 
     from .devices import available_devices
-
     from .triton_support import interpreter_enabled
 
     triton = ", Triton interpreter on (TRITON_INTERPRET)" if interpreter_enabled(os.environ) else ""
