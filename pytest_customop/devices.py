@@ -182,7 +182,13 @@ def run_environment() -> dict[str, Any]:
             except Exception:
                 names[f"{kind}:{index}"] = kind
     version = getattr(torch, "version", None)
+    import pytest
+
+    from . import __version__
+
     return {
+        "pytest_customop": __version__,  # which plugin, pytest and torch wrote the report
+        "pytest": pytest.__version__,
         "torch": str(torch.__version__),
         "cuda": getattr(version, "cuda", None),
         "rocm": getattr(version, "hip", None),

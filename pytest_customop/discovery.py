@@ -123,10 +123,18 @@ def discover_items(
                 try:
                     spec = parse_marker((op_name,), {}, known_checks=registry.names())
                 except MarkerError as exc:
-                    items.append(NamespaceErrorItem.from_parent(parent, name=op_name, message=f"{op_name}: {exc}"))
+                    items.append(
+                        NamespaceErrorItem.from_parent(parent, name=op_name, nodeid=f"customop::{op_name}", message=f"{op_name}: {exc}")
+                    )
                     continue
                 for case in build_cases(spec, registry, settings):
-                    item = CustomOpItem.from_parent(parent, name=f"{op_name}[{case.id}]", case=case, namespace=namespace, run=run)
+                    name = f"{op_name}[{case.id}]"
+                    # The id as a string: pytest 9 parses cached ids ("customop::ns::op[...]", for --lf,
+                    # --ff, --sw) into path, names and params, and a name holding "::" and "[...]" that it
+                    # derived from the parent would compare unequal to it.
+                    item = CustomOpItem.from_parent(
+                        parent, name=name, nodeid=f"customop::{name}", case=case, namespace=namespace, run=run
+                    )
                     if case.skip_reason:
                         item.add_marker(pytest.mark.skip(reason=case.skip_reason))
                     if case.xfail is not None:

@@ -79,8 +79,11 @@ class Option:
     is_flag: bool = False  # a command-line switch without a value
 
     @property
-    def ini_type(self) -> Literal["bool", "string"]:
-        return "bool" if self.is_flag else "string"
+    def ini_type(self) -> Literal["bool", "int", "string"]:
+        """The ini key's type for pytest (``int`` where pytest knows it: 9.x; else a string this module parses)."""
+        if self.is_flag:
+            return "bool"
+        return "int" if self.parse is _non_negative_int else "string"
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -212,9 +215,10 @@ def resolve_settings(cli: Mapping[str, Any], env: Mapping[str, str], ini: Callab
         if raw in (None, ""):
             try:
                 raw, source = ini(option.ini), f"ini key {option.ini}"
-            except Exception as exc:  # pytest's "bool" parsing (a ValueError or UsageError) names no key: say which
-                raise SettingsError(f"ini key {option.ini}: {exc}; allowed: true or false (also 1/0, yes/no, on/off)") from None
-        if raw in (None, "", [], False):
+            except Exception as exc:  # pytest's "bool"/"int" parsing (a ValueError or UsageError) names no key: say which
+                allowed = "; allowed: true or false (also 1/0, yes/no, on/off)" if option.is_flag else ""
+                raise SettingsError(f"ini key {option.ini}: {exc}{allowed}") from None
+        if raw is None or raw is False or (isinstance(raw, (str, list)) and not raw):  # not `in`: 0 == False
             values[option.dest] = option.default
             continue
         if isinstance(raw, bool):

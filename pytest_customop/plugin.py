@@ -7,8 +7,7 @@ torch is imported the first time a ``customop`` marker is collected.
 from __future__ import annotations
 
 import os
-import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 import pytest
 
@@ -40,11 +39,15 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("customop", "verify PyTorch custom operators (pytest-customop)")
     for option in OPTIONS:
+        sources = f" Env: {option.env}; ini: {option.ini}."  # every name of the setting, in --help
         if option.is_flag:
-            group.addoption(option.flag, action="store_true", default=None, dest=option.dest, help=option.help)
+            group.addoption(option.flag, action="store_true", default=None, dest=option.dest, help=option.help + sources)
         else:
-            group.addoption(option.flag, default=None, dest=option.dest, metavar=option.metavar, help=option.help)
-        parser.addini(option.ini, type=option.ini_type, default=None, help=f"{option.help} Env: {option.env}.")
+            group.addoption(option.flag, default=None, dest=option.dest, metavar=option.metavar, help=option.help + sources)
+        try:
+            parser.addini(option.ini, type=option.ini_type, default=None, help=f"{option.help} Env: {option.env}.")
+        except (AssertionError, ValueError):  # pytest < 9 has no "int" ini type: a string the plugin parses
+            parser.addini(option.ini, type="string", default=None, help=f"{option.help} Env: {option.env}.")
     # Not in OPTIONS: repeatable on the command line, a list in the ini file.
     group.addoption(
         "--customop-namespace",
@@ -137,10 +140,6 @@ def pytest_configure(config: pytest.Config) -> None:
     except SettingsError as exc:
         raise pytest.UsageError(f"pytest-customop: {exc}") from None
     session = config.stash[session_key] = CustomOpSession(config, settings)
-    if settings.gc_freeze:
-        from .gc_freeze import freeze_at_exit
-
-        freeze_at_exit()
     _configure_report(session)
     from .checks import builtin
 
@@ -204,7 +203,8 @@ def _print_listing(session: pytest.Session, state: CustomOpSession) -> None:
 def pytest_sessionfinish(session: pytest.Session) -> None:
     # Before pytest's five full collections at unconfigure: freeze what the run left alive
     # (torch._dynamo, compiled code), after one collection whose unraisable exceptions pytest reports.
-    _session(session.config).freeze_gc(session.items)
+    # getattr: a pytest-xdist controller collects nothing, and pytest < 8 then has no session.items.
+    _session(session.config).freeze_gc(getattr(session, "items", []))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -214,21 +214,32 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         os.environ.pop("TRITON_INTERPRET", None)
 
 
-def pytest_report_header(config: pytest.Config) -> str:
-    settings = _session(config).settings
-    seed = f"seed={settings.seed} (--customop-seed={settings.seed} repeats this run)"
-    if config.pluginmanager.hasplugin("dsession") and "torch" not in sys.modules:
-        # A pytest-xdist controller runs no test: importing torch here (2-4 s of CPU) would only
-        # compete with the workers starting up. The workers find the devices; the report shows them.
-        return f"customop: torch {_installed_torch_version()}, devices: found by each worker, {seed}"
+def pytest_report_header(config: pytest.Config) -> Optional[str]:
+    # Before collection nobody knows whether the run has customop items: a run without any must not pay
+    # for torch's import (seconds), so the line with torch and devices comes after collection. Only a
+    # pytest-xdist controller, which never sees the items, says here what it can without torch: the seed
+    # it hands every worker.
+    if config.pluginmanager.hasplugin("dsession"):
+        return f"customop: torch {_installed_torch_version()}, devices: found by each worker, {_seed_text(config)}"
+    return None
+
+
+def pytest_report_collectionfinish(config: pytest.Config, items: list[pytest.Item]) -> Optional[str]:
+    state = _session(config)
+    if not any(state.case_of(item) is not None for item in items):
+        return None  # nothing of the plugin's runs: no line, no torch import
     import torch
 
     from .devices import available_devices
-
     from .triton_support import interpreter_enabled
 
     triton = ", Triton interpreter on (TRITON_INTERPRET)" if interpreter_enabled(os.environ) else ""
-    return f"customop: torch {torch.__version__}, devices: {', '.join(available_devices())}{triton}, {seed}"
+    return f"customop: torch {torch.__version__}, devices: {', '.join(available_devices())}{triton}, {_seed_text(config)}"
+
+
+def _seed_text(config: pytest.Config) -> str:
+    seed = _session(config).settings.seed
+    return f"seed={seed} (--customop-seed={seed} repeats this run)"
 
 
 def _installed_torch_version() -> str:

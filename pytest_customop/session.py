@@ -8,6 +8,8 @@ never imports the hooks module. Nothing here imports torch at module level.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn, Optional
 
 import pytest
@@ -110,10 +112,17 @@ class CustomOpSession:
         return item.stash.get(result_key, None)
 
     def repro(self, item: pytest.Item) -> str:
-        """The command that reruns this item with the same seed."""
+        """The command that reruns this item with the same seed, from the directory pytest was run in
+        (its path relative to there, as pytest prints ids; a discovered item's id is no path)."""
         from .report.model import repro_command
 
-        return repro_command(item.nodeid, self.settings.seed)
+        nodeid = item.nodeid
+        if not nodeid.startswith("customop::"):
+            # What Config.cwd_relative_nodeid does (its argument became a NodeId in pytest 9.2).
+            path, sep, rest = nodeid.partition("::")
+            relative = os.path.relpath(self.config.rootpath / path, self.config.invocation_params.dir)
+            nodeid = Path(relative).as_posix() + sep + rest
+        return repro_command(nodeid, self.settings.seed)
 
     def item_seed(self, item: pytest.Item) -> int:
         from .cases import item_seed
@@ -205,9 +214,10 @@ class CustomOpSession:
         if _live_configs > 1 or not self.settings.gc_freeze:
             return
         if any(case_key in item.stash for item in items):
-            from .gc_freeze import freeze_objects_alive_now
+            from .gc_freeze import freeze_objects_alive_now, unfreeze_at_exit
 
-            freeze_objects_alive_now()
+            if freeze_objects_alive_now():
+                unfreeze_at_exit()
 
 
 #: The run's :class:`CustomOpSession`.

@@ -45,6 +45,15 @@ class _KeepModulesAlive:
 
 
 @pytest.fixture
+def pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    """pytester, its runs without pytest-randomly (installed by the test extra for the ecosystem
+    tests): its reordering and reseeding would change what the suite's own assertions see. A run
+    passing ``-p randomly`` turns it back on."""
+    monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:randomly")  # pytester has just removed the caller's
+    return pytester
+
+
+@pytest.fixture
 def run(pytester: pytest.Pytester):
     """Run pytest in-process over the files written to ``pytester``, with a fixed seed."""
 

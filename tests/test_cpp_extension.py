@@ -19,11 +19,13 @@ import shutil
 from pathlib import Path
 
 import pytest
+from torch import __version__ as torch_version
 from torch.utils.cpp_extension import get_default_build_root
 
 # Read now: pytester points HOME at a temporary directory, which would move torch's build cache there
-# and recompile on every run.
-BUILD_ROOT = os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()
+# and recompile on every run. One folder per torch version (torch's default names only Python and CUDA):
+# a build, or a lock file a killed build left, of one version never blocks another's.
+BUILD_ROOT = os.path.join(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root(), f"torch-{torch_version}")
 
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "howto" / "cpp_extension.md"
 

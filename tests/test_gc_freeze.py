@@ -71,3 +71,37 @@ def test_objects_alive_after_collection_are_frozen_before_the_first_test_runs(py
     result.assert_outcomes(passed=2)
     (line,) = [line for line in result.outlines if "FROZEN WHILE RUNNING:" in line]
     assert int(line.rsplit(":", 1)[1]) > 100_000
+
+
+def test_frozen_objects_are_finalized_at_exit(pytester, ns):
+    # A cycle alive when the plugin freezes (created at import, before collection ends) must still be
+    # finalized at shutdown: left frozen, Python never collects it (torch 2.15's nanobind objects then
+    # print "nanobind: leaked ..." at every exit).
+    pytester.makeconftest(
+        "class Cycle:\n"
+        "    def __del__(self):\n"
+        "        print('CYCLE FINALIZED', flush=True)\n"
+        "cycle = Cycle()\ncycle.self = cycle\ndel cycle\n"
+        "import gc\ngc.disable()  # so that only the freeze and the exit decide its fate\n"
+    )
+    pytester.makepyfile(probe=PROBE, test_ops=TESTS.format(ns=ns))
+    result = pytester.runpytest_subprocess("-p", "probe", "-s", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    assert _frozen(result) > 100_000  # it was frozen
+    result.stdout.fnmatch_lines(["CYCLE FINALIZED"])
+
+
+def test_a_run_without_customop_items_imports_no_torch_and_prints_no_customop_line(pytester):
+    pytester.makeconftest(
+        "import sys, pytest\n"
+        "@pytest.hookimpl(trylast=True)\n"
+        "def pytest_unconfigure(config):\n"
+        "    print('TORCH IMPORTED:', 'torch' in sys.modules)\n"
+    )
+    pytester.makepyfile(test_plain="def test_plain():\n    pass\n")
+    for args in ((), ("-n", "2")):
+        result = pytester.runpytest_subprocess("-s", "-p", "no:cacheprovider", *args)
+        result.assert_outcomes(passed=1)
+        result.stdout.fnmatch_lines(["TORCH IMPORTED: False"])
+        if not args:  # a pytest-xdist controller names the seed it hands out before it knows the items
+            result.stdout.no_fnmatch_line("customop:*")

@@ -62,8 +62,10 @@ def _tangents_out(call: OpCall, leaves: Sequence[torch.Tensor], tangents: Sequen
     """The output tangents of one forward-mode evaluation (None where an output carries none)."""
     fn = call.function()
     with warnings.catch_warnings(), fwAD.dual_level():
-        # torch's first make_dual loads its jvp decompositions through the deprecated torch.jit.script.
+        # torch's first make_dual loads its jvp decompositions through the deprecated torch.jit.script:
+        # a DeprecationWarning up to 2.13, a FutureWarning since (an error under -W error, either way).
         warnings.filterwarnings("ignore", message=".*torch.jit.script.*is deprecated", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.*is deprecated", category=FutureWarning)
         duals = [leaf if t is None else fwAD.make_dual(leaf, t) for leaf, t in zip(leaves, tangents)]
         outputs = fn(*duals)
         result = []

@@ -228,6 +228,8 @@ class Report:
     check_order: list[str] = field(default_factory=list)
     #: The machine the run used (devices.run_environment): torch, cuda, rocm, python, platform, device names.
     environment: dict[str, Any] = field(default_factory=dict)
+    #: When the report was built: ISO 8601, UTC, to the second ("2026-12-01T10:30:00+00:00").
+    created: Optional[str] = None
 
     def check_sort_key(self, check: Optional[str]) -> tuple:
         name = check or ""
@@ -286,6 +288,7 @@ class Report:
             "warnings": list(self.warnings),
             "environment": dict(self.environment),
             "check_order": list(self.check_order),
+            "created": self.created,
         }
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Optional
 
 import pytest
@@ -130,6 +131,7 @@ class ReportPlugin:
         self.outcomes: dict[str, ItemOutcome] = {}  # nodeid -> the phases reported
         self.coverage: dict[str, dict[str, list[str]]] = {}  # namespace -> {"ops", "no_autograd"}
         self.workers_reported: list[str] = []
+        self.reruns: dict[str, int] = {}  # nodeid -> attempts pytest-rerunfailures reran
         self.crashed_workers: list[str] = []
         # What the workers found (torch version, devices), so that the controller need not import torch.
         self.worker_torch: Optional[str] = None
@@ -210,6 +212,8 @@ class ReportPlugin:
             # can list the items a crash left unrun even when no worker lives to send its output.
             report.customop_items = self.items
             self._items_sent = True
+        if report.when == "setup":  # a new attempt (pytest-rerunfailures reruns from setup)
+            item.stash[_outcome_key] = ItemOutcome()
         phases = item.stash.setdefault(_outcome_key, ItemOutcome())
         phases.add(report_phase(report))
         if report.when == "teardown":
@@ -233,6 +237,10 @@ class ReportPlugin:
         worker_items = getattr(report, "customop_items", None) or {}
         self.items.update(worker_items)
         self._journal_items(worker_items)
+        if report.outcome == "rerun":  # pytest-rerunfailures: this attempt failed, the item runs again
+            self.reruns[report.nodeid] = self.reruns.get(report.nodeid, 0) + 1
+            self.outcomes.pop(report.nodeid, None)
+            return
         info = getattr(report, "customop", None)
         if info is not None:
             self.details[report.nodeid] = info
@@ -249,6 +257,8 @@ class ReportPlugin:
         outcome, message = phases.outcome()
         if message.startswith(f"{nodeid}: "):  # marker errors name the item, which the row does already
             message = message[len(nodeid) + 2 :]
+        if self.reruns.get(nodeid):
+            message = "; ".join(filter(None, [f"{outcome} after {self.reruns[nodeid]} rerun(s)", message]))
         self.journal.record(
             "result", nodeid=nodeid, op=meta.get("op"), check=meta.get("check"), device=meta.get("device"),
             dtype=meta.get("dtype"), outcome=outcome, message=message, duration_s=round(phases.duration, 6),
@@ -355,7 +365,9 @@ class ReportPlugin:
             from ..devices import available_devices, run_environment
 
             torch_version, devices, environment = str(torch.__version__), available_devices(), run_environment()
-        return build_report(self.journal.records, torch=torch_version, devices=devices, environment=environment)
+        report = build_report(self.journal.records, torch=torch_version, devices=devices, environment=environment)
+        report.created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        return report
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.report is None:
