@@ -179,12 +179,31 @@ def bench_overhead(sizes: Sizes, workdir: Path) -> list[dict[str, Any]]:
                     mode = "fast" if fast_mode_for([torch.empty(size, size)] * arity, size * size) else "slow"
                     if dtype != torch.float64:
                         mode = "vs f64"
-                    entry = dict(op=op_key, size=f"{size}x{size}", dtype=str(dtype)[6:], check=check, mode=mode,
-                                 plugin_s=times["plugin"], raw_s=times["raw"], pytest_item_s=item)
+                    entry = {
+                        "op": op_key,
+                        "size": f"{size}x{size}",
+                        "dtype": str(dtype)[6:],
+                        "check": check,
+                        "mode": mode,
+                        "plugin_s": times["plugin"],
+                        "raw_s": times["raw"],
+                        "pytest_item_s": item,
+                    }
                     results.append(entry)
-                    rows.append([op_key, entry["size"], entry["dtype"], check, mode, fmt_time(times["raw"]),
-                                 fmt_time(times["plugin"]), f"{times['plugin'] / times['raw'] - 1:+.0%}",
-                                 fmt_time(item), f"{item / times['raw'] - 1:+.0%}"])
+                    rows.append(
+                        [
+                            op_key,
+                            entry["size"],
+                            entry["dtype"],
+                            check,
+                            mode,
+                            fmt_time(times["raw"]),
+                            fmt_time(times["plugin"]),
+                            f"{times['plugin'] / times['raw'] - 1:+.0%}",
+                            fmt_time(item),
+                            f"{item / times['raw'] - 1:+.0%}",
+                        ]
+                    )
     table(
         "Per (op, sample, check): the plugin against the same checks by hand (goal: overhead <= 10%)",
         ["op", "sample", "dtype", "check", "mode", "raw torch", "plugin API", "overhead", "pytest item", "item overhead"],
@@ -231,16 +250,24 @@ def pytest_item_time(op_name: str, arity: int, size: int, dtype: Any, check: str
     import pytest
 
     name = f"bench_items_{next(_item_runs)}"
-    tests = "".join(
-        _ITEM_TEST.format(op=op_name, dtype=str(dtype)[6:], check=check, index=i) for i in range(repeat + 1)
-    )
+    tests = "".join(_ITEM_TEST.format(op=op_name, dtype=str(dtype)[6:], check=check, index=i) for i in range(repeat + 1))
     (workdir / f"test_{name}.py").write_text(_ITEM_MODULE.format(arity=arity, size=size, tests=tests))
     durations = _Durations()
     output = io.StringIO()
     with contextlib.redirect_stdout(output):
         code = pytest.main(
-            [str(workdir / f"test_{name}.py"), *plugin_args(), "-q", "-p", "no:cacheprovider", "--customop-seed=1",
-             "-o", "addopts=", "--rootdir", str(workdir)],
+            [
+                str(workdir / f"test_{name}.py"),
+                *plugin_args(),
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "--customop-seed=1",
+                "-o",
+                "addopts=",
+                "--rootdir",
+                str(workdir),
+            ],
             plugins=[durations],
         )
     if code != 0 or durations.failed:
@@ -262,7 +289,7 @@ def bench_large(sizes: Sizes) -> list[dict[str, Any]]:
             samples = workloads.make_samples(arity, size)
             inputs = [t.detach().requires_grad_(True) for t in next(iter(samples("cpu", torch.float64, True))).args]
 
-            def forward_backward() -> None:
+            def forward_backward(fn=fn, inputs=inputs) -> None:  # bound now: timed within this iteration
                 out = fn(*inputs)
                 out.backward(torch.ones_like(out))
 
@@ -271,20 +298,43 @@ def bench_large(sizes: Sizes) -> list[dict[str, Any]]:
             repeat = max(3, sizes.repeat // (2 if size >= 512 else 1))
             times = interleaved({"fwd+bwd": forward_backward, "gradcheck": gc, "gradgradcheck": ggc}, repeat)
             measured, seconds = full_jacobian[op_key](size)
-            entry = dict(op=op_key, size=f"{size}x{size}", forward_backward_s=times["fwd+bwd"],
-                         plugin_gradcheck_s=times["gradcheck"], plugin_gradgradcheck_s=times["gradgradcheck"],
-                         torch_gradcheck_defaults_s=seconds, torch_defaults_measured=measured)
+            entry = {
+                "op": op_key,
+                "size": f"{size}x{size}",
+                "forward_backward_s": times["fwd+bwd"],
+                "plugin_gradcheck_s": times["gradcheck"],
+                "plugin_gradgradcheck_s": times["gradgradcheck"],
+                "torch_gradcheck_defaults_s": seconds,
+                "torch_defaults_measured": measured,
+            }
             results.append(entry)
             fb = times["fwd+bwd"]
-            rows.append([op_key, entry["size"], fmt_time(fb), fmt_time(times["gradcheck"]),
-                         f"{times['gradcheck'] / fb:.1f}x", fmt_time(times["gradgradcheck"]),
-                         f"{times['gradgradcheck'] / fb:.1f}x",
-                         fmt_time(seconds) + ("" if measured else " (extrapolated)"),
-                         f"{seconds / times['gradcheck']:,.1f}x"])
+            rows.append(
+                [
+                    op_key,
+                    entry["size"],
+                    fmt_time(fb),
+                    fmt_time(times["gradcheck"]),
+                    f"{times['gradcheck'] / fb:.1f}x",
+                    fmt_time(times["gradgradcheck"]),
+                    f"{times['gradgradcheck'] / fb:.1f}x",
+                    fmt_time(seconds) + ("" if measured else " (extrapolated)"),
+                    f"{seconds / times['gradcheck']:,.1f}x",
+                ]
+            )
     table(
         "Default configuration, float64 (goal: gradcheck within 10x of one forward+backward)",
-        ["op", "input", "fwd+bwd", "plugin gradcheck", "/fwd+bwd", "plugin gradgradcheck", "/fwd+bwd",
-         "torch gradcheck defaults", "defaults/plugin"],
+        [
+            "op",
+            "input",
+            "fwd+bwd",
+            "plugin gradcheck",
+            "/fwd+bwd",
+            "plugin gradgradcheck",
+            "/fwd+bwd",
+            "torch gradcheck defaults",
+            "defaults/plugin",
+        ],
         rows,
     )
     float32_rows = []
@@ -299,13 +349,31 @@ def bench_large(sizes: Sizes) -> list[dict[str, Any]]:
 
             gc32 = plugin_check(op_name, samples, torch.float32, "gradcheck")
             repeat = max(3, sizes.repeat // (2 if size >= 512 else 1))
-            times = interleaved({"fwd+bwd": forward_backward32, "plugin": gc32,
-                                 "raw": raw_check("gradcheck", fn, samples, torch.float32)}, repeat)
+            times = interleaved(
+                {"fwd+bwd": forward_backward32, "plugin": gc32, "raw": raw_check("gradcheck", fn, samples, torch.float32)}, repeat
+            )
             fb = times["fwd+bwd"]
-            results.append(dict(op=op_key, size=f"{size}x{size}", dtype="float32", forward_backward_s=fb,
-                                plugin_gradcheck_s=times["plugin"], raw_gradcheck_s=times["raw"]))
-            float32_rows.append([op_key, f"{size}x{size}", fmt_time(fb), fmt_time(times["raw"]), fmt_time(times["plugin"]),
-                                 f"{times['plugin'] / times['raw'] - 1:+.0%}", f"{times['plugin'] / fb:.1f}x"])
+            results.append(
+                {
+                    "op": op_key,
+                    "size": f"{size}x{size}",
+                    "dtype": "float32",
+                    "forward_backward_s": fb,
+                    "plugin_gradcheck_s": times["plugin"],
+                    "raw_gradcheck_s": times["raw"],
+                }
+            )
+            float32_rows.append(
+                [
+                    op_key,
+                    f"{size}x{size}",
+                    fmt_time(fb),
+                    fmt_time(times["raw"]),
+                    fmt_time(times["plugin"]),
+                    f"{times['plugin'] / times['raw'] - 1:+.0%}",
+                    f"{times['plugin'] / fb:.1f}x",
+                ]
+            )
     table(
         "float32-only marker: gradcheck against float64 gradients proven by finite differences (plugin vs raw torch)",
         ["op", "input", "fwd+bwd (f32)", "raw torch", "plugin gradcheck", "overhead", "/fwd+bwd"],
@@ -314,9 +382,16 @@ def bench_large(sizes: Sizes) -> list[dict[str, Any]]:
     print("\nraw torch: the float32 backward, the float64 backward of the same values, their comparison and the")
     print("float64 reference's proof (one central difference along a joint random direction: two forwards).")
     print("\ntorch gradcheck defaults = torch.autograd.gradcheck(fn, inputs) (slow mode: the full Jacobian).")
-    print("Measured at " + ", ".join(f"{s}x{s}" for s in sizes.full_jacobian_sizes)
-          + (f" and {sizes.measured_full_jacobian}x{sizes.measured_full_jacobian} (elementwise)" if sizes.measured_full_jacobian else "")
-          + "; larger sizes extrapolated from the two smallest by a fitted power law (it would take hours).")
+    print(
+        "Measured at "
+        + ", ".join(f"{s}x{s}" for s in sizes.full_jacobian_sizes)
+        + (
+            f" and {sizes.measured_full_jacobian}x{sizes.measured_full_jacobian} (elementwise)"
+            if sizes.measured_full_jacobian
+            else ""
+        )
+        + "; larger sizes extrapolated from the two smallest by a fitted power law (it would take hours)."
+    )
     return results
 
 
@@ -345,8 +420,10 @@ def full_jacobian_model(fn: Callable, arity: int, sizes: Sizes) -> Callable[[int
             return True, measured[size]
         if arity == 1 and size == sizes.measured_full_jacobian:
             measured[size] = run(size)
-            print(f"  (measured gradcheck defaults at {size}x{size}: {fmt_time(measured[size])}; the fit "
-                  f"t = c*n^{exponent:.2f} predicted {fmt_time(t2 * (size / s2) ** exponent)})")
+            print(
+                f"  (measured gradcheck defaults at {size}x{size}: {fmt_time(measured[size])}; the fit "
+                f"t = c*n^{exponent:.2f} predicted {fmt_time(t2 * (size / s2) ** exponent)})"
+            )
             return True, measured[size]
         return False, t2 * (size / s2) ** exponent
 
@@ -380,17 +457,25 @@ def bench_failing(sizes: Sizes) -> dict[str, Any]:
     size = f"{sizes.failing_size}x{sizes.failing_size}"
     rows = [[name, fmt_time(t), f"{t / times['plugin, passing']:.1f}x"] for name, t in times.items()]
     mode = "fast" if fast_mode_for(inputs, inputs[0].numel()) else "slow"
-    table(f"A failing check costs what a passing one does (elementwise, {size} float64, {mode} mode, backward 2x)",
-          ["run", "time", "/ passing"], rows)
-    return {"size": size, **{k: v for k, v in times.items()}}
+    table(
+        f"A failing check costs what a passing one does (elementwise, {size} float64, {mode} mode, backward 2x)",
+        ["run", "time", "/ passing"],
+        rows,
+    )
+    return {"size": size, **dict(times.items())}
 
 
 # -- 3. collection -------------------------------------------------------------------------------------
 def _pytest(args: list[str], cwd: Path, extra_env: Optional[dict[str, str]] = None) -> float:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(cwd)]), **(extra_env or {}))
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "pytest", *plugin_args(), "-p", "no:cacheprovider", "-o", "addopts=", *args],
-                          cwd=cwd, env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", *plugin_args(), "-p", "no:cacheprovider", "-o", "addopts=", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"pytest {' '.join(args)} in {cwd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -402,16 +487,22 @@ def bench_collection(sizes: Sizes, workdir: Path) -> dict[str, Any]:
 
     functions = sizes.collect_items // 4
     customop_dir, plain_dir = workdir / "collect_customop", workdir / "collect_plain"
-    items = suites.write_customop_suite(customop_dir, "bcollect", functions, ["float64", "float32"], ["gradcheck", "gradgradcheck"])
+    items = suites.write_customop_suite(
+        customop_dir, "bcollect", functions, ["float64", "float32"], ["gradcheck", "gradgradcheck"]
+    )
     suites.write_plain_suite(plain_dir, "plain", functions, 4)
     args = ["--collect-only", "-q"]
     runs = 1 if sizes.collect_items < 1000 else 2
     plain = min(_pytest(args, plain_dir) for _ in range(runs))
     customop = min(_pytest(args, customop_dir) for _ in range(runs))
-    table(f"Collecting {items:,} items (goal: <= 1.5x a plain parametrize suite)",
-          ["suite", "pytest --collect-only", "ratio"],
-          [["plain @pytest.mark.parametrize (imports torch too)", fmt_time(plain), "1.00x"],
-           ["@pytest.mark.customop", fmt_time(customop), f"{customop / plain:.2f}x"]])
+    table(
+        f"Collecting {items:,} items (goal: <= 1.5x a plain parametrize suite)",
+        ["suite", "pytest --collect-only", "ratio"],
+        [
+            ["plain @pytest.mark.parametrize (imports torch too)", fmt_time(plain), "1.00x"],
+            ["@pytest.mark.customop", fmt_time(customop), f"{customop / plain:.2f}x"],
+        ],
+    )
     print("\nBoth suites import torch (the customop one through its op module), so the ratio is the plugin's")
     print("own collection work: marker parsing, op resolution, cases, parametrize. Best of 2 subprocess runs\n(1 in --smoke).")
     return {"items": items, "plain_s": plain, "customop_s": customop}
@@ -443,6 +534,7 @@ def parallel_ceiling(iterations: int) -> float:
 
 def bench_xdist(sizes: Sizes, workdir: Path) -> dict[str, Any]:
     import suites
+
     from pytest_customop.checks import builtin
     from pytest_customop.checks.registry import CheckRegistry
 
@@ -463,19 +555,25 @@ def bench_xdist(sizes: Sizes, workdir: Path) -> dict[str, Any]:
             continue
         directory = workdir / f"xdist{index}"
         functions = max(1, sizes.xdist_items // (len(dtypes) * len(checks)))
-        items = suites.write_customop_suite(directory, f"bxdist{index}", functions, dtypes, checks,
-                                            rows=size, cols=size, name_checks=name_checks)
+        items = suites.write_customop_suite(
+            directory, f"bxdist{index}", functions, dtypes, checks, rows=size, cols=size, name_checks=name_checks
+        )
         serial = _pytest(["-q", "-n", "0"], directory, env)
         parallel = _pytest(["-q", "-n", "2"], directory, env)
         rows.append([label, f"{size}x{size}", str(items), fmt_time(serial), fmt_time(parallel), f"{serial / parallel:.2f}x"])
         results[f"{label}, {size}x{size}"] = {"items": items, "serial_s": serial, "parallel_s": parallel}
     ceiling = parallel_ceiling(sizes.spin_iterations)
     rows.append(["(machine ceiling: CPU-bound Python, 1 process vs 2)", "", "", "", "", f"{ceiling:.2f}x"])
-    table(f"pytest -n 2 against -n 0 on about {sizes.xdist_items} check items (goal: >= 1.7x faster)",
-          ["checks per marker", "samples", "items", "-n 0", "-n 2", "speed-up"], rows)
-    print("\nDtypes float64 and float32, OMP_NUM_THREADS=1. Wall time of the whole pytest process, start-up"
-          " included: each process (each worker under -n 2) imports torch and, at its first custom-op call,"
-          " torch._dynamo; opcheck and torch.compile add their one-time warm-ups where selected.")
+    table(
+        f"pytest -n 2 against -n 0 on about {sizes.xdist_items} check items (goal: >= 1.7x faster)",
+        ["checks per marker", "samples", "items", "-n 0", "-n 2", "speed-up"],
+        rows,
+    )
+    print(
+        "\nDtypes float64 and float32, OMP_NUM_THREADS=1. Wall time of the whole pytest process, start-up"
+        " included: each process (each worker under -n 2) imports torch and, at its first custom-op call,"
+        " torch._dynamo; opcheck and torch.compile add their one-time warm-ups where selected."
+    )
     results["machine_ceiling"] = ceiling
     return results
 
@@ -515,11 +613,12 @@ def peak_rss_bytes() -> int:
 
 
 def bench_memory(sizes: Sizes) -> dict[str, Any]:
-    @functools.lru_cache(maxsize=None)
+    @functools.cache
     def peak(config: str, size: int) -> int:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(HERE)]))
-        proc = subprocess.run([sys.executable, __file__, "--memory-probe", config, str(size)], env=env,
-                              capture_output=True, text=True, check=True)
+        proc = subprocess.run(
+            [sys.executable, __file__, "--memory-probe", config, str(size)], env=env, capture_output=True, text=True, check=True
+        )
         return int(proc.stdout.strip().splitlines()[-1])
 
     big, small = sizes.memory_size, sizes.memory_full_jacobian_size
@@ -528,21 +627,57 @@ def bench_memory(sizes: Sizes) -> dict[str, Any]:
     # Slow mode holds the numerical and the analytical Jacobian, each inputs x outputs float64 elements.
     jacobians_big = 2 * (big * big) ** 2 * 8
     mib = 2**20
-    rows = [
-        [f"{big}x{big}", "plugin default (gradcheck + gradgradcheck)", f"{plugin_big / mib:,.0f} MiB", f"{(plugin_big - base_big) / mib:+,.1f} MiB"],
-        [f"{big}x{big}", "torch.autograd.gradcheck defaults", "not run", f">= {jacobians_big / 2**30:,.1f} GiB (two dense Jacobians)"],
-    ] if big != small else []
+    rows = (
+        [
+            [
+                f"{big}x{big}",
+                "plugin default (gradcheck + gradgradcheck)",
+                f"{plugin_big / mib:,.0f} MiB",
+                f"{(plugin_big - base_big) / mib:+,.1f} MiB",
+            ],
+            [
+                f"{big}x{big}",
+                "torch.autograd.gradcheck defaults",
+                "not run",
+                f">= {jacobians_big / 2**30:,.1f} GiB (two dense Jacobians)",
+            ],
+        ]
+        if big != small
+        else []
+    )
     rows += [
-        [f"{small}x{small}", "plugin default (gradcheck + gradgradcheck)", f"{plugin_small / mib:,.0f} MiB", f"{(plugin_small - base_small) / mib:+,.1f} MiB"],
-        [f"{small}x{small}", "torch.autograd.gradcheck defaults", f"{torch_small / mib:,.0f} MiB", f"{(torch_small - base_small) / mib:+,.1f} MiB"],
+        [
+            f"{small}x{small}",
+            "plugin default (gradcheck + gradgradcheck)",
+            f"{plugin_small / mib:,.0f} MiB",
+            f"{(plugin_small - base_small) / mib:+,.1f} MiB",
+        ],
+        [
+            f"{small}x{small}",
+            "torch.autograd.gradcheck defaults",
+            f"{torch_small / mib:,.0f} MiB",
+            f"{(torch_small - base_small) / mib:+,.1f} MiB",
+        ],
     ]
-    table("Peak memory (max RSS of a subprocess; elementwise op, float64)",
-          ["input", "configuration", "peak RSS", "above baseline"], rows)
-    print(f"\nBaseline: the same process after importing torch and one forward+backward ({base_big / mib:,.0f} MiB at "
-          f"{big}x{big}). torch's defaults at {big}x{big} would need the Jacobians' memory: not run.")
-    return {"size": big, "baseline_bytes": base_big, "plugin_bytes": plugin_big,
-            "small_size": small, "small_baseline_bytes": base_small, "small_plugin_bytes": plugin_small,
-            "small_torch_defaults_bytes": torch_small, "torch_defaults_jacobians_bytes": jacobians_big}
+    table(
+        "Peak memory (max RSS of a subprocess; elementwise op, float64)",
+        ["input", "configuration", "peak RSS", "above baseline"],
+        rows,
+    )
+    print(
+        f"\nBaseline: the same process after importing torch and one forward+backward ({base_big / mib:,.0f} MiB at "
+        f"{big}x{big}). torch's defaults at {big}x{big} would need the Jacobians' memory: not run."
+    )
+    return {
+        "size": big,
+        "baseline_bytes": base_big,
+        "plugin_bytes": plugin_big,
+        "small_size": small,
+        "small_baseline_bytes": base_small,
+        "small_plugin_bytes": plugin_small,
+        "small_torch_defaults_bytes": torch_small,
+        "torch_defaults_jacobians_bytes": jacobians_big,
+    }
 
 
 # -- main ----------------------------------------------------------------------------------------------
@@ -569,7 +704,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     # The benchmark is about the CPU: no accelerator items, even where one is present.
     os.environ.setdefault("CUSTOMOP_DEVICES", "cpu")
     import torch
-
     import workloads
 
     machine = describe_machine()

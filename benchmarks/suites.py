@@ -34,21 +34,27 @@ def samples(device, dtype, requires_grad):
     yield SampleInput(torch.randn({rows}, {cols}, device=device, dtype=dtype, requires_grad=requires_grad))
 '''
 
-CUSTOMOP_TEST = '''
+CUSTOMOP_TEST = """
 @pytest.mark.customop("{ns}::scaled_tanh", samples=samples, dtypes={dtypes!r}{checks})
 def test_op_{index}(customop):
     customop.check()
-'''
+"""
 
-PLAIN_TEST = '''
+PLAIN_TEST = """
 @pytest.mark.parametrize("case", {cases!r})
 def test_op_{index}(case):
     assert case
-'''
+"""
 
 
 def write_customop_suite(
-    directory: Path, ns: str, functions: int, dtypes: list[str], checks: Sequence[str], rows: int = 3, cols: int = 4,
+    directory: Path,
+    ns: str,
+    functions: int,
+    dtypes: list[str],
+    checks: Sequence[str],
+    rows: int = 3,
+    cols: int = 4,
     name_checks: bool = True,
 ) -> int:
     """``functions`` marked tests over one op; returns the number of items (functions x dtypes x checks).

@@ -98,7 +98,9 @@ def _signed_projection(
                 raise AssertionError("backward is not reentrant")
         undefined = [torch._C._functions.UndefinedGrad()(o) for o in outs]
         zeros = [torch.zeros_like(o) for o in undefined]
-        if any(z is not None and not bool(z.eq(0).all()) for z in torch.autograd.grad(undefined, leaves, zeros, allow_unused=True)):
+        if any(
+            z is not None and not bool(z.eq(0).all()) for z in torch.autograd.grad(undefined, leaves, zeros, allow_unused=True)
+        ):
             raise AssertionError("nonzero gradients for undefined grad_outputs")
 
     def loss(xs):
@@ -161,7 +163,11 @@ def raw_gradcheck(fn: Callable, inputs: Sequence[torch.Tensor], fast: bool) -> N
 
 
 def _prove_joint(
-    fn: Callable, inputs: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], w: torch.Tensor, out: torch.Tensor,
+    fn: Callable,
+    inputs: Sequence[torch.Tensor],
+    grads: Sequence[torch.Tensor],
+    w: torch.Tensor,
+    out: torch.Tensor,
     g: torch.Generator,
 ) -> None:
     """The float64 reference proven as the plugin proves it: one central difference along a random

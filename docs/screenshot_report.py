@@ -19,9 +19,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from headless_chromium import Chromium, find_chromium
+from headless_chromium import Chromium, find_chromium  # noqa: E402 (tests/ put on the path above)
 
-SUITE = '''
+SUITE = """
 import pytest
 import torch
 from torch.library import custom_op
@@ -65,7 +65,7 @@ def test_pad_scale(customop):
 @pytest.mark.customop(scale, samples=samples, dtypes=["float64", "float32"], checks=["gradcheck", "gradgradcheck"])
 def test_scale(customop):
     customop.check()
-'''
+"""
 
 
 def main() -> int:
@@ -76,17 +76,34 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="customop-shot-"))
     (work / "test_shot.py").write_text(SUITE)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--customop-seed=1234",
-                    "--customop-report=json:cpu.json", "test_shot.py"], cwd=work, env=env, check=False,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--customop-seed=1234",
+            "--customop-report=json:cpu.json",
+            "test_shot.py",
+        ],
+        cwd=work,
+        env=env,
+        check=False,
+        stdout=subprocess.DEVNULL,
+    )
     document = json.loads((work / "cpu.json").read_text())
     document["environment"].update(torch="2.13.0+cu128", cuda="12.8", devices={"cpu": "Intel Xeon", "cuda:0": "NVIDIA H200"})
     for row in document["results"]:
         row.update(device="cuda", nodeid=row["nodeid"].replace("[cpu-", "[cuda-"), ran_on="cuda:0", device_name="NVIDIA H200")
         row["details"] = row["details"].replace("on cpu", "on cuda").replace("[cpu-", "[cuda-")
     (work / "gpu.json").write_text(json.dumps(document))
-    subprocess.run([sys.executable, "-m", "pytest_customop.report.cli", "merge", "cpu.json", "gpu.json", "-q",
-                    "--html", "merged.html"], cwd=work, check=False)
+    subprocess.run(
+        [sys.executable, "-m", "pytest_customop.report.cli", "merge", "cpu.json", "gpu.json", "-q", "--html", "merged.html"],
+        cwd=work,
+        check=False,
+    )
     target = ROOT / "docs" / "img" / "report.png"
     target.parent.mkdir(exist_ok=True)
     with Chromium(chromium, width=1100, height=900) as browser:

@@ -1,9 +1,9 @@
 """The bundled example: every op in ops.py verified by pytest-customop."""
 
+import ops
 import pytest
 import torch
 
-import ops
 from pytest_customop import SampleInput
 
 
@@ -14,8 +14,7 @@ def mul_samples(device, dtype, requires_grad):
     yield SampleInput(make(2, 1), make(1, 3), sample_name="outer broadcast")
 
 
-@pytest.mark.customop(ops.mul, samples=mul_samples,
-                      dtypes=[torch.float64, torch.complex128, torch.float32, torch.bfloat16])
+@pytest.mark.customop(ops.mul, samples=mul_samples, dtypes=[torch.float64, torch.complex128, torch.float32, torch.bfloat16])
 def test_mul(customop):
     customop.check()
 

@@ -21,8 +21,9 @@ def scaled_mul_samples(device, dtype, requires_grad):
 
 # The interpreter runs kernels in Python: a few small samples at float64 (gradcheck's precision) and
 # float32 keep this under seconds on CPU.
-@pytest.mark.customop(triton_ops.scaled_mul, samples=scaled_mul_samples, dtypes=[torch.float64, torch.float32],
-                      devices=["cpu", "cuda"])
+@pytest.mark.customop(
+    triton_ops.scaled_mul, samples=scaled_mul_samples, dtypes=[torch.float64, torch.float32], devices=["cpu", "cuda"]
+)
 def test_scaled_mul(customop):
     customop.check()
 
@@ -33,7 +34,12 @@ def scaled_mul_backward_samples(device, dtype, requires_grad):
 
 
 # The backward op on its own (scaled_mul's gradgradcheck goes through it too): its own backward.
-@pytest.mark.customop(triton_ops.scaled_mul_backward, samples=scaled_mul_backward_samples, dtypes=[torch.float64],
-                      devices=["cpu", "cuda"], checks=["gradcheck", "grad_keys", "noncontiguous"])
+@pytest.mark.customop(
+    triton_ops.scaled_mul_backward,
+    samples=scaled_mul_backward_samples,
+    dtypes=[torch.float64],
+    devices=["cpu", "cuda"],
+    checks=["gradcheck", "grad_keys", "noncontiguous"],
+)
 def test_scaled_mul_backward(customop):
     customop.check()

@@ -106,14 +106,16 @@ def function_arguments(function: type[torch.autograd.Function]) -> list[ArgInfo]
     for parameter in _forward_parameters(function):
         type_name, kind = _annotation_type(hints.get(parameter.name, parameter.annotation))
         has_default = parameter.default is not inspect.Parameter.empty
-        arguments.append(ArgInfo(
-            name=parameter.name,
-            type=type_name,
-            kind=kind,
-            kwarg_only=parameter.kind is inspect.Parameter.KEYWORD_ONLY,
-            has_default=has_default,
-            default=parameter.default if has_default else None,
-        ))
+        arguments.append(
+            ArgInfo(
+                name=parameter.name,
+                type=type_name,
+                kind=kind,
+                kwarg_only=parameter.kind is inspect.Parameter.KEYWORD_ONLY,
+                has_default=has_default,
+                default=parameter.default if has_default else None,
+            )
+        )
     return arguments
 
 
@@ -171,7 +173,7 @@ class AutogradFunctionOp(ResolvedOp):
         )
 
     @property
-    def arguments(self) -> list[ArgInfo]:  # type: ignore[override]
+    def arguments(self) -> list[ArgInfo]:
         return self._arguments
 
     @property
@@ -273,9 +275,18 @@ def _call_descriptions(op: AutogradFunctionOp, bound: Mapping[str, Any]) -> Any:
         if argument.kind is ArgKind.ANY:
             value = bound.get(argument.name)
             if isinstance(value, torch.Tensor):
-                argument = ArgInfo(argument.name, "Tensor", ArgKind.TENSOR, argument.kwarg_only, argument.has_default, argument.default)
+                argument = ArgInfo(
+                    argument.name, "Tensor", ArgKind.TENSOR, argument.kwarg_only, argument.has_default, argument.default
+                )
             else:
-                argument = ArgInfo(argument.name, type(value).__name__, ArgKind.OTHER, argument.kwarg_only, argument.has_default, argument.default)
+                argument = ArgInfo(
+                    argument.name,
+                    type(value).__name__,
+                    ArgKind.OTHER,
+                    argument.kwarg_only,
+                    argument.has_default,
+                    argument.default,
+                )
         arguments.append(argument)
     return describe_inputs(arguments, bound)
 
@@ -345,6 +356,9 @@ class FunctionCheckingKernel:
             return grads if len(grads) != 1 else grads[0]
 
         # Same name, so torch's messages and grad_fn (MulFunctionBackward) read as the Function's own.
-        namespace = {source.method: staticmethod(backward), "__qualname__": function.__qualname__,
-                     "__module__": function.__module__}
+        namespace = {
+            source.method: staticmethod(backward),
+            "__qualname__": function.__qualname__,
+            "__module__": function.__module__,
+        }
         return type(function.__name__, (function,), namespace)

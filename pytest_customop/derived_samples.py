@@ -147,7 +147,9 @@ class DerivedSamples:
             )
         )
         if has_optional:
-            variants.append(_Variant(f"derived: every tensor {shape}, optional tensors None", BASE_SHAPE, BASE_SHAPE, optional_tensors=False))
+            variants.append(
+                _Variant(f"derived: every tensor {shape}, optional tensors None", BASE_SHAPE, BASE_SHAPE, optional_tensors=False)
+            )
         if len(tensors) >= 2:
             for first, other in BROADCAST_SHAPES:
                 variants.append(_Variant(f"derived: broadcast {list(first)} with {list(other)}", first, other, positive=True))
@@ -245,4 +247,3 @@ def usable_derived_samples(op: ResolvedOp, device: str, dtype: torch.dtype, requ
             f"{rejections[0]}); {_how_to_give_samples(op)}"
         )
     return accepted
-

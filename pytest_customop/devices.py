@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import platform
 import sys
-from functools import lru_cache
+from functools import cache
 from typing import Any, Optional
 
 import torch
@@ -122,7 +122,7 @@ def bind_worker_device(worker_id: Optional[str], mapping: Optional[list[int]], d
 
 
 # -- what a report records about where things ran ---------------------------------------------------
-@lru_cache(maxsize=None)
+@cache
 def _cpu_name() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as stream:
@@ -134,7 +134,7 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine() or "cpu"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _device_name(device: str) -> tuple[str, str]:
     """``(concrete device, its name)``: ``("cuda:1", "NVIDIA H200")``; ``("cpu", "<cpu model>")``."""
     parsed = torch.device(device)
@@ -144,9 +144,12 @@ def _device_name(device: str) -> tuple[str, str]:
     if module is None:
         return device, ""
     current = getattr(module, "current_device", None)  # torch.mps has none: one device, no index
-    if parsed.index is None and current is None:
+    if parsed.index is not None:
+        index = parsed.index
+    elif current is None:
         return device, ""
-    index = parsed.index if parsed.index is not None else int(current())
+    else:
+        index = int(current())
     name_of = getattr(module, "get_device_name", None)
     try:
         name = str(name_of(index)) if name_of is not None else ""

@@ -83,10 +83,7 @@ class OpCall:
 
     def leaves(self, dtype: Optional[torch.dtype] = None) -> list[torch.Tensor]:
         """Fresh leaf copies of the differentiable inputs (optionally converted to ``dtype``)."""
-        return [
-            (t.detach().to(dtype) if dtype is not None else t.detach().clone()).requires_grad_(True)
-            for t in self._originals
-        ]
+        return [(t.detach().to(dtype) if dtype is not None else t.detach().clone()).requires_grad_(True) for t in self._originals]
 
     def substitute(self, leaves: Sequence[torch.Tensor]) -> dict[str, Any]:
         """The bound arguments with the differentiable inputs replaced by ``leaves``."""
@@ -120,7 +117,7 @@ class OpCall:
         """Which outputs of a forward with grad enabled carry a gradient back to the inputs."""
         return [_is_diff_tensor(o) and o.requires_grad for o in outputs]
 
-    def with_dtype(self, dtype: torch.dtype, source: Optional[Sequence[torch.dtype]] = None) -> "OpCall":
+    def with_dtype(self, dtype: torch.dtype, source: Optional[Sequence[torch.dtype]] = None) -> OpCall:
         """The same sample with the tensors built at the item's dtype converted to ``dtype``'s kind:
         values kept, so a float64 reference sees exactly the numbers a float32 run saw.
 
@@ -306,9 +303,7 @@ def worst_mismatch(got: Optional[torch.Tensor], expected: Optional[torch.Tensor]
         return None
     reference = expected if expected is not None else got
     assert reference is not None
-    common = torch.promote_types(
-        (got if got is not None else reference).dtype, reference.dtype
-    )
+    common = torch.promote_types((got if got is not None else reference).dtype, reference.dtype)
     g = (got if got is not None else torch.zeros_like(reference)).detach().to("cpu", common)
     e = (expected if expected is not None else torch.zeros_like(reference)).detach().to("cpu", common)
     if g.shape != e.shape:

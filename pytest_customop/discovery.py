@@ -124,7 +124,9 @@ def discover_items(
                     spec = parse_marker((op_name,), {}, known_checks=registry.names())
                 except MarkerError as exc:
                     items.append(
-                        NamespaceErrorItem.from_parent(parent, name=op_name, nodeid=f"customop::{op_name}", message=f"{op_name}: {exc}")
+                        NamespaceErrorItem.from_parent(
+                            parent, name=op_name, nodeid=f"customop::{op_name}", message=f"{op_name}: {exc}"
+                        )
                     )
                     continue
                 for case in build_cases(spec, registry, settings):

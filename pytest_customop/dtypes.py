@@ -73,7 +73,7 @@ def default_tolerance(dtype: torch.dtype) -> Tolerance:
     return _TOLERANCES[torch.bfloat16]
 
 
-@functools.lru_cache(maxsize=None)  # dir(torch) costs ~10 ms; parse_dtype runs per marker dtype
+@functools.cache  # dir(torch) costs ~10 ms; parse_dtype runs per marker dtype
 def _known_dtypes() -> dict[str, torch.dtype]:
     names = {}
     for name in dir(torch):

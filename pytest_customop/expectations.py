@@ -6,12 +6,12 @@ Modelled on OpInfo's ``DecorateInfo``: each names the items it applies to; an om
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence
 
 __all__ = ["Expectation", "Skip", "XFail"]
 
 
-def _as_tuple(value: Any) -> Optional[Tuple[Any, ...]]:
+def _as_tuple(value: Any) -> Optional[tuple[Any, ...]]:
     if value is None:
         return None
     if isinstance(value, (list, tuple, set, frozenset)):
@@ -24,9 +24,9 @@ class Expectation:
     """Base of :class:`XFail` and :class:`Skip`: which (check, dtype, device) items it applies to."""
 
     reason: str
-    checks: Optional[Tuple[str, ...]]
-    dtypes: Optional[Tuple[Any, ...]]
-    devices: Optional[Tuple[str, ...]]
+    checks: Optional[tuple[str, ...]]
+    dtypes: Optional[tuple[Any, ...]]
+    devices: Optional[tuple[str, ...]]
 
     def __init__(
         self,
@@ -65,11 +65,8 @@ class Expectation:
             return False
         if self.dtypes is not None and dtype not in self.dtypes:
             return False
-        if self.devices is not None:
-            # "cuda" covers "cuda:0"; "cuda:1" only itself.
-            if not any(device == d or device.split(":")[0] == d for d in self.devices):
-                return False
-        return True
+        # "cuda" covers "cuda:0"; "cuda:1" only itself.
+        return self.devices is None or any(device == d or device.split(":")[0] == d for d in self.devices)
 
 
 @dataclass(frozen=True, init=False)

@@ -12,8 +12,6 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Optional, Sequence
 
-import torch
-
 from .samples import SampleInput
 
 if TYPE_CHECKING:
@@ -31,7 +29,7 @@ _NO_KERNEL_MESSAGE = re.compile(r"no (fake|abstract) impl(ementation)? registere
 _answers: dict[str, Optional[str]] = {}
 
 
-def _fits(op: "ResolvedOp", sample: SampleInput) -> bool:
+def _fits(op: ResolvedOp, sample: SampleInput) -> bool:
     try:
         op.bind(sample)
     except TypeError:
@@ -45,7 +43,7 @@ def _is_missing_kernel_error(exc: BaseException) -> bool:
     return bool(_NO_KERNEL_MESSAGE.search(str(exc)))
 
 
-def missing_fake_kernel(op: "ResolvedOp", samples: Sequence[SampleInput]) -> Optional[str]:
+def missing_fake_kernel(op: ResolvedOp, samples: Sequence[SampleInput]) -> Optional[str]:
     """Why ``op`` cannot run on fake tensors (it has no fake kernel), or None when it can, or when it
     fails on them for another reason (a wrong fake kernel is a finding, not a missing one). Asked on
     the first of ``samples`` that fits the schema; None when none does."""

@@ -13,13 +13,12 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 
-from .dtypes import DEFAULT_DTYPES, Tolerance, default_tolerance, parse_dtype
 from .devices import parse_device
+from .dtypes import DEFAULT_DTYPES, Tolerance, default_tolerance, parse_dtype
 from .expectations import Skip, XFail
 from .ops import OpResolutionError, ResolvedOp, resolve_op
 
 __all__ = ["CustomOpSpec", "MarkerError", "parse_marker"]
-
 
 
 class MarkerError(ValueError):
@@ -78,10 +77,27 @@ class CustomOpSpec:
         return dict(self.options.get(check, {}))
 
 
-_KNOWN = (
-    "op samples dtypes devices checks atol rtol atol_scale tolerances eps fast_mode nondet_tol supports_gradgrad "
-    "supports_forward_ad xfails skips options reference strict_grad_shapes"
-).split()
+_KNOWN = [
+    "op",
+    "samples",
+    "dtypes",
+    "devices",
+    "checks",
+    "atol",
+    "rtol",
+    "atol_scale",
+    "tolerances",
+    "eps",
+    "fast_mode",
+    "nondet_tol",
+    "supports_gradgrad",
+    "supports_forward_ad",
+    "xfails",
+    "skips",
+    "options",
+    "reference",
+    "strict_grad_shapes",
+]
 
 
 def _as_list(argument: str, value: Any, allowed: str) -> list[Any]:
@@ -97,8 +113,13 @@ def _as_list(argument: str, value: Any, allowed: str) -> list[Any]:
 def _number(argument: str, value: Any, *, positive: bool = False) -> Optional[float]:
     if value is None:
         return None
-    if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0
-            or (positive and value == 0)):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(value)
+        or value < 0
+        or (positive and value == 0)
+    ):
         raise MarkerError(argument, value, "a positive number" if positive else "a number >= 0")
     return float(value)
 
@@ -191,7 +212,7 @@ def parse_marker(
 
         samples = derive_samples(op)
 
-    dtypes = DEFAULT_DTYPES
+    dtypes: list[Any] = list(DEFAULT_DTYPES)
     if kwargs.get("dtypes") is not None:
         dtypes = []
         for value in _as_list("dtypes", kwargs["dtypes"], "torch dtypes"):
@@ -227,7 +248,8 @@ def parse_marker(
     reference = kwargs.get("reference")
     if reference is not None and (not callable(reference) or isinstance(reference, type)):
         raise MarkerError(
-            "reference", reference,
+            "reference",
+            reference,
             "a plain PyTorch function with the op's signature (OpInfo's ref), e.g. reference=lambda x, y: x * y",
         )
     strict_grad_shapes = kwargs.get("strict_grad_shapes", False)
@@ -244,7 +266,8 @@ def parse_marker(
         unknown_keys = [key for key in options[name] if accepted is not None and key not in accepted]
         if unknown_keys:
             raise MarkerError(
-                "options", {name: options[name]},
+                "options",
+                {name: options[name]},
                 problem=f"check {name!r} takes no option {', '.join(map(repr, unknown_keys))}; "
                 f"it takes: {', '.join(accepted) if accepted else 'none'}",
             )

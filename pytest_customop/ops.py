@@ -181,10 +181,7 @@ class ResolvedOp:
         for info in arguments:
             if info.name not in bound:
                 if not info.has_default:
-                    raise TypeError(
-                        f"{self.name}: the sample gives no value for argument {info.name!r}; "
-                        f"schema: {self.schema}"
-                    )
+                    raise TypeError(f"{self.name}: the sample gives no value for argument {info.name!r}; schema: {self.schema}")
                 bound[info.name] = info.default
         return {a.name: bound[a.name] for a in arguments}
 
@@ -241,9 +238,7 @@ def _registered_packet(namespace: str, name: str) -> Any:
 
 def _resolve_qualname(text: str) -> ResolvedOp:
     if "::" not in text:
-        raise OpResolutionError(
-            f"{text!r} is not an op name; expected 'namespace::name' or 'namespace::name.overload'"
-        )
+        raise OpResolutionError(f"{text!r} is not an op name; expected 'namespace::name' or 'namespace::name.overload'")
     namespace, rest = text.split("::", 1)
     name, _, overload_name = rest.partition(".")
     qualname = f"{namespace}::{name}"

@@ -30,8 +30,26 @@ def _comma_list(text: str) -> list[str]:
 
 #: torch's device types (``torch.device`` accepts these, with an optional ``:index``).
 DEVICE_TYPES = (
-    "cpu", "cuda", "mps", "xpu", "meta", "hip", "mtia", "hpu", "xla", "lazy", "ipu", "maia", "ve", "fpga",
-    "vulkan", "mkldnn", "opengl", "opencl", "ideep", "privateuseone",
+    "cpu",
+    "cuda",
+    "mps",
+    "xpu",
+    "meta",
+    "hip",
+    "mtia",
+    "hpu",
+    "xla",
+    "lazy",
+    "ipu",
+    "maia",
+    "ve",
+    "fpga",
+    "vulkan",
+    "mkldnn",
+    "opengl",
+    "opencl",
+    "ideep",
+    "privateuseone",
 )
 _DEVICE = re.compile(r"^([a-z][a-z0-9_]*)(?::(0|[1-9][0-9]*))?$")
 

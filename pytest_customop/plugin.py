@@ -76,8 +76,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "run on CPU tensors through Triton's interpreter (an explicit TRITON_INTERPRET wins). "
         "Ini: customop_triton_interpret.",
     )
-    parser.addini("customop_triton_interpret", type="bool", default=False,
-                  help="set TRITON_INTERPRET=1 for the run (see --customop-triton-interpret).")
+    parser.addini(
+        "customop_triton_interpret",
+        type="bool",
+        default=False,
+        help="set TRITON_INTERPRET=1 for the run (see --customop-triton-interpret).",
+    )
     group.addoption(  # repeatable, so not in OPTIONS
         "--customop-report",
         action="append",

@@ -158,12 +158,15 @@ def prove_directional(
     numeric = (loss_of(plus) - loss_of(minus)) / (2 * step)
     # What the backward says the same move changes, against the direction actually taken (rounded to
     # the input's dtype, as the inputs were).
-    analytic = sum(
-        _inner(g, ((p - m) / (2 * step))) for g, p, m, d in zip(grads, plus, minus, scaled) if d is not None
-    )
+    analytic = sum(_inner(g, ((p - m) / (2 * step))) for g, p, m, d in zip(grads, plus, minus, scaled) if d is not None)
     numel = sum(x.numel() for x, d in zip(inputs, scaled) if d is not None)
     unit = torch.finfo(dtype).eps
-    allowed = _absolute_tol(dtype, numel) + max(_relative_rtol(dtype), rtol) * abs(numeric) + 32 * unit * rounding / step + 8 * noise / step
+    allowed = (
+        _absolute_tol(dtype, numel)
+        + max(_relative_rtol(dtype), rtol) * abs(numeric)
+        + 32 * unit * rounding / step
+        + 8 * noise / step
+    )
     return DirectionalProof(numeric=numeric, analytic=float(analytic), allowed=allowed, step=step, dtype=dtype)
 
 

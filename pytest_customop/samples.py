@@ -52,7 +52,7 @@ class SampleInput:
         label = f" {self.name!r}" if self.name else ""
         return f"SampleInput{label}({', '.join(parts)})"
 
-    def map(self, fn: Callable[[Any], Any]) -> "SampleInput":
+    def map(self, fn: Callable[[Any], Any]) -> SampleInput:
         """A copy with ``fn`` applied to every tensor (also inside lists and tuples)."""
         return SampleInput(
             *map_tensors(fn, self.args),
@@ -113,9 +113,7 @@ def as_sample_input(obj: Any) -> SampleInput | None:
     return None
 
 
-def collect_samples(
-    samples_fn: Callable[..., Iterable[Any]], device: str, dtype: Any, requires_grad: bool
-) -> list[SampleInput]:
+def collect_samples(samples_fn: Callable[..., Iterable[Any]], device: str, dtype: Any, requires_grad: bool) -> list[SampleInput]:
     """Call the author's ``samples(device, dtype, requires_grad)`` and validate what it yields."""
     where = f"samples(device={device!r}, dtype={dtype}, requires_grad={requires_grad})"
     import itertools

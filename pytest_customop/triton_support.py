@@ -103,8 +103,14 @@ def interpreted_fake_reason(op: Any, environ: Optional[Mapping[str, str]] = None
 
 
 def _quoted(message: str) -> str:
-    line = next((line.strip() for line in message.splitlines() if _UNSUPPORTED_BY_INTERPRETER.search(line)
-                 or _CPU_WITHOUT_INTERPRETER.search(line)), message.strip().splitlines()[0] if message.strip() else "")
+    line = next(
+        (
+            line.strip()
+            for line in message.splitlines()
+            if _UNSUPPORTED_BY_INTERPRETER.search(line) or _CPU_WITHOUT_INTERPRETER.search(line)
+        ),
+        message.strip().splitlines()[0] if message.strip() else "",
+    )
     return line
 
 

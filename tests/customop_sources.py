@@ -9,8 +9,7 @@ import textwrap
 
 import pytest
 
-
-HEADER = '''
+HEADER = """
 import torch
 import pytest
 from pytest_customop import SampleInput
@@ -40,10 +39,10 @@ def define_mul(name, fake):
     op.register_fake(fake)
     op.register_autograd(mul_backward, setup_context=save_inputs)
     return op
-'''
+"""
 
 
-CORRECT_OPS = '''
+CORRECT_OPS = """
 from torch.autograd.function import once_differentiable
 
 # refuses double backward
@@ -124,7 +123,7 @@ def list_samples(device, dtype, requires_grad):
                        torch.randn(2, 3, dtype=dtype, requires_grad=requires_grad)],
                       torch.randn(3, dtype=dtype, requires_grad=requires_grad))
 
-'''
+"""
 
 
 def write(pytester: pytest.Pytester, ns: str, body: str, *, prelude: str = "") -> None:

@@ -5,6 +5,7 @@ report's browser test and by docs/screenshot_report.py."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -16,8 +17,16 @@ from typing import Any, Optional
 __all__ = ["Chromium", "find_chromium"]
 
 FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run", "--no-default-browser-check", "--disable-dev-shm-usage", "--hide-scrollbars",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--no-default-browser-check",
+    "--disable-dev-shm-usage",
+    "--hide-scrollbars",
 )
 
 
@@ -44,10 +53,19 @@ class Chromium:
             os.dup2(from_browser_write, 4)
 
         self.process = subprocess.Popen(
-            [binary, *FLAGS, "--remote-debugging-pipe", f"--user-data-dir={self.profile}", f"--window-size={width},{height}",
-             "about:blank"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            pass_fds=(3, 4), preexec_fn=wire,
+            [
+                binary,
+                *FLAGS,
+                "--remote-debugging-pipe",
+                f"--user-data-dir={self.profile}",
+                f"--window-size={width},{height}",
+                "about:blank",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            pass_fds=(3, 4),
+            preexec_fn=wire,
         )
         os.close(to_browser_read)
         os.close(from_browser_write)
@@ -56,27 +74,23 @@ class Chromium:
         self.session: Optional[str] = None
         self.width, self.height = width, height
 
-    def __enter__(self) -> "Chromium":
+    def __enter__(self) -> Chromium:
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(Exception):
             self.send("Browser.close", to_page=False)
-        except Exception:
-            pass
         try:
             self.process.wait(10)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(10)
         for fd in (self._to_browser, self._from_browser):
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
         shutil.rmtree(self.profile, ignore_errors=True)
 
     # -- the protocol ---------------------------------------------------------------------------
@@ -135,9 +149,11 @@ class Chromium:
             self.send("Input.dispatchMouseEvent", type=kind, x=box[0], y=box[1], button="left", clickCount=1)
 
     def visible(self, selector: str) -> bool:
-        return bool(self.evaluate(
-            f"(() => {{ const e = document.querySelector({json.dumps(selector)}); return !!e && e.checkVisibility(); }})()"
-        ))
+        return bool(
+            self.evaluate(
+                f"(() => {{ const e = document.querySelector({json.dumps(selector)}); return !!e && e.checkVisibility(); }})()"
+            )
+        )
 
     def screenshot(self, path: str, full_page: bool = True) -> str:
         """Write a PNG of the page (the whole page when ``full_page``) to ``path``."""

@@ -1,7 +1,7 @@
 """A test module that gives every outcome the report knows, for the report tests (not collected: no
 ``test_`` prefix). ``{ns}`` is replaced by a fresh op namespace."""
 
-SUITE = '''
+SUITE = """
 import pytest
 import torch
 from torch.library import Library, custom_op
@@ -76,7 +76,7 @@ def test_missing(customop):
 
 def test_plain():
     pass
-'''
+"""
 
 
 def suite(ns: str) -> str:

@@ -8,7 +8,7 @@ layout bug (see tests/test_shape_families.py).
 
 from __future__ import annotations
 
-OPS = '''
+OPS = """
 import torch
 import torch.nn.functional as F
 import pytest
@@ -245,7 +245,7 @@ FAMILIES = {
     "causal_conv": conv_samples,
     "rotary": rotary_samples,
 }
-'''
+"""
 
 
 #: Edge bugs planted in correct ops: (op, the line replaced, its buggy replacement).
@@ -253,7 +253,7 @@ BUGS = [
     (
         "roi_mean",  # an overflow guard that raises when there are no rois
         '    return torch.einsum("knl,kc->ncl", weights, grad), None  # ROI_GRAD',
-        '    scale = grad.abs().max().clamp_min(1e-30)\n'
+        "    scale = grad.abs().max().clamp_min(1e-30)\n"
         '    return torch.einsum("knl,kc->ncl", weights, grad / scale) * scale, None',
     ),
     (

@@ -172,31 +172,35 @@ def test_correct_functions_of_every_style_pass_every_check_that_applies(pytester
     result = run("-v", "-rs", "-p", "no:logging")
     outcomes = result.parseoutcomes()
     assert outcomes.get("failed", 0) == 0 and outcomes.get("error", 0) == 0, result.stdout.str()[-6000:]
-    result.stdout.fnmatch_lines_random([
-        # the checks that apply run and pass, named as for ops
-        "*test_scale[[]cpu-float64-gradcheck[]] PASSED*",
-        "*test_scale[[]cpu-float64-grad_keys[]] PASSED*",
-        "*test_scale[[]cpu-float32-noncontiguous[]] PASSED*",
-        "*test_scale[[]cpu-float64-batched_grad[]] PASSED*",
-        "*test_scale[[]cpu-float64-compile[]] PASSED*",
-        "*test_row_normalize[[]cpu-float64-forward_ad[]] PASSED*",  # its jvp against finite differences
-        "*test_row_normalize[[]cpu-float64-batched_grad[]] PASSED*",  # its generated vmap rule against a loop
-        "*test_row_normalize[[]cpu-float64-gradgradcheck[]] PASSED*",
-        "*test_scale[[]cpu-float64-requires_grad_subsets[]] PASSED*",
-        "*test_gather[[]cpu-float64-edge_shapes[]] PASSED*",
-        "*test_masked_softmax[[]cpu-float64-gradcheck[]] PASSED*",
-        "*test_sum_squares[[]cpu-float64-grad_keys[]] PASSED*",
-        # what does not apply says why
-        "*test_functions.Scale is a torch.autograd.Function, not an operator: opcheck tests torch.library registrations*",
-        "*forward-mode AD is unsupported for test_functions.Gather: the autograd.Function defines no jvp staticmethod*",
-        "*its backward is marked @once_differentiable*",
-        "*test_functions.SumSquares defines a custom vjp: torch *torch.compile does not trace*",
-    ])
+    result.stdout.fnmatch_lines_random(
+        [
+            # the checks that apply run and pass, named as for ops
+            "*test_scale[[]cpu-float64-gradcheck[]] PASSED*",
+            "*test_scale[[]cpu-float64-grad_keys[]] PASSED*",
+            "*test_scale[[]cpu-float32-noncontiguous[]] PASSED*",
+            "*test_scale[[]cpu-float64-batched_grad[]] PASSED*",
+            "*test_scale[[]cpu-float64-compile[]] PASSED*",
+            "*test_row_normalize[[]cpu-float64-forward_ad[]] PASSED*",  # its jvp against finite differences
+            "*test_row_normalize[[]cpu-float64-batched_grad[]] PASSED*",  # its generated vmap rule against a loop
+            "*test_row_normalize[[]cpu-float64-gradgradcheck[]] PASSED*",
+            "*test_scale[[]cpu-float64-requires_grad_subsets[]] PASSED*",
+            "*test_gather[[]cpu-float64-edge_shapes[]] PASSED*",
+            "*test_masked_softmax[[]cpu-float64-gradcheck[]] PASSED*",
+            "*test_sum_squares[[]cpu-float64-grad_keys[]] PASSED*",
+            # what does not apply says why
+            "*test_functions.Scale is a torch.autograd.Function, not an operator: opcheck tests torch.library registrations*",
+            "*forward-mode AD is unsupported for test_functions.Gather: the autograd.Function defines no jvp staticmethod*",
+            "*its backward is marked @once_differentiable*",
+            "*test_functions.SumSquares defines a custom vjp: torch *torch.compile does not trace*",
+        ]
+    )
     assert outcomes["passed"] >= 40
 
 
 def test_a_wrong_gradient_for_one_input_fails_naming_it(pytester, run):
-    write(pytester, '''
+    write(
+        pytester,
+        """
 class WrongY(Scale):
     @staticmethod
     def backward(ctx, grad):
@@ -206,19 +210,24 @@ class WrongY(Scale):
 @pytest.mark.customop(WrongY, samples=pair, dtypes=[torch.float64], checks=["gradcheck", "grad_keys"])
 def test_wrong(customop):
     customop.check()
-''')
+""",
+    )
     result = run("-v", "-p", "no:logging")
     result.assert_outcomes(passed=1, failed=1)
-    result.stdout.fnmatch_lines([
-        "*test_functions.WrongY gradcheck failed on cpu float64: 2 of 2 sample(s)*",
-        "*gradient of input 'y'*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*test_functions.WrongY gradcheck failed on cpu float64: 2 of 2 sample(s)*",
+            "*gradient of input 'y'*",
+        ]
+    )
     result.stdout.fnmatch_lines(["*test_wrong[[]cpu-float64-grad_keys[]] PASSED*"])
     assert "gradient of input 'x'" not in result.stdout.str()
 
 
 def test_gradient_for_a_float_argument_fails_grad_keys_by_name(pytester, run):
-    write(pytester, '''
+    write(
+        pytester,
+        """
 class AlphaGrad(Scale):
     @staticmethod
     def backward(ctx, grad):
@@ -228,18 +237,23 @@ class AlphaGrad(Scale):
 @pytest.mark.customop(AlphaGrad, samples=pair, dtypes=[torch.float64], checks=["grad_keys"])
 def test_alpha(customop):
     customop.check()
-''')
+""",
+    )
     result = run("-p", "no:logging")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines([
-        "*test_functions.AlphaGrad grad_keys failed on cpu float64: 2 of 2 sample(s)*",
-        "*the gradient for input 'alpha' (float): expected None (not a tensor), got Tensor([[][]], float64, cpu)*",
-        "*backward: AlphaGrad.backward (test_functions.py:*), the autograd.Function's own*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*test_functions.AlphaGrad grad_keys failed on cpu float64: 2 of 2 sample(s)*",
+            "*the gradient for input 'alpha' (float): expected None (not a tensor), got Tensor([[][]], float64, cpu)*",
+            "*backward: AlphaGrad.backward (test_functions.py:*), the autograd.Function's own*",
+        ]
+    )
 
 
 def test_missing_extra_wrong_shape_and_dtype_gradients_fail_grad_keys(pytester, run):
-    write(pytester, '''
+    write(
+        pytester,
+        """
 class TooFew(Scale):
     @staticmethod
     def backward(ctx, grad):
@@ -291,21 +305,30 @@ def test_unreduced_is_a_note(customop):
 @pytest.mark.customop(WrongDtype, samples=pair, dtypes=[torch.float64], checks=["grad_keys"])
 def test_dtype(customop):
     customop.check()
-''')
+""",
+    )
     result = run("-p", "no:logging")
     result.assert_outcomes(failed=4, passed=1)  # the engine reduces a broadcast gradient: a note, strict fails it
-    result.stdout.fnmatch_lines_random([
-        ("*test_functions.TooFew: backward returned 2 gradient(s), expected 3, one per positional input (x, y, alpha): "
-         "nothing for input 'alpha'*"),
-        ("*test_functions.Extra: backward returned 4 gradients, expected 3, one per positional input (x, y, alpha): "
-         "extra trailing entry None after the last input 'alpha' (torch drops a trailing None silently)*"),
-        "*the gradient for input 'bias' has shape [[]3, 4[]], larger than the input's [[]4[]]: relies on the engine to reduce*strict_grad_shapes=True*",
-        "*the gradient for input 'x': expected dtype float64 (the input's), got float32 (torch would cast it silently)*",
-    ])
+    result.stdout.fnmatch_lines_random(
+        [
+            (
+                "*test_functions.TooFew: backward returned 2 gradient(s), expected 3, one per positional input (x, y, alpha): "
+                "nothing for input 'alpha'*"
+            ),
+            (
+                "*test_functions.Extra: backward returned 4 gradients, expected 3, one per positional input (x, y, alpha): "
+                "extra trailing entry None after the last input 'alpha' (torch drops a trailing None silently)*"
+            ),
+            "*the gradient for input 'bias' has shape [[]3, 4[]], larger than the input's [[]4[]]: relies on the engine to reduce*strict_grad_shapes=True*",
+            "*the gradient for input 'x': expected dtype float64 (the input's), got float32 (torch would cast it silently)*",
+        ]
+    )
 
 
 def test_a_wrong_jvp_fails_forward_ad_and_a_wrong_vmap_rule_fails_batched_grad(pytester, run):
-    write(pytester, '''
+    write(
+        pytester,
+        """
 class Cube(torch.autograd.Function):
     @staticmethod
     def forward(x: Tensor) -> Tensor:
@@ -337,18 +360,23 @@ def cubes(device, dtype, requires_grad):
 @pytest.mark.customop(Cube, samples=cubes, dtypes=[torch.float64], checks=["gradcheck", "forward_ad", "batched_grad"])
 def test_cube(customop):
     customop.check()
-''')
+""",
+    )
     result = run("-v", "-p", "no:logging")
     result.assert_outcomes(passed=1, failed=2)
-    result.stdout.fnmatch_lines_random([
-        "*test_cube[[]cpu-float64-gradcheck[]] PASSED*",
-        "*test_functions.Cube forward_ad failed on cpu float64*",
-        "*the registered vmap rule of test_functions.Cube is wrong*",
-    ])
+    result.stdout.fnmatch_lines_random(
+        [
+            "*test_cube[[]cpu-float64-gradcheck[]] PASSED*",
+            "*test_functions.Cube forward_ad failed on cpu float64*",
+            "*the registered vmap rule of test_functions.Cube is wrong*",
+        ]
+    )
 
 
 def test_samples_derived_from_forward_annotations_or_a_skip_with_the_reason(pytester, run):
-    write(pytester, '''
+    write(
+        pytester,
+        """
 class Tanh(torch.autograd.Function):
     @staticmethod
     def forward(x: Tensor) -> Tensor:
@@ -370,16 +398,21 @@ def test_annotated(customop):
 @pytest.mark.customop(Scale, dtypes=[torch.float64], checks=["gradcheck"])
 def test_unannotated(customop):
     customop.check()
-''')
+""",
+    )
     result = run("-v", "-rs", "-p", "no:logging")
     result.assert_outcomes(passed=2, skipped=1)
-    result.stdout.fnmatch_lines([
-        "*no samples could be derived from the schema: test_functions.Scale: argument 'x' (Any) has no default*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*no samples could be derived from the schema: test_functions.Scale: argument 'x' (Any) has no default*",
+        ]
+    )
 
 
 def test_a_forward_without_named_positional_inputs_is_a_marker_error(pytester, run):
-    write(pytester, '''
+    write(
+        pytester,
+        """
 class Variadic(torch.autograd.Function):
     @staticmethod
     def forward(ctx, *xs):
@@ -409,17 +442,22 @@ def test_keyword_only(customop):
 @pytest.mark.customop(Scale, samples=pair, dtypes=[torch.float64], checks=["grad_keys"])
 def test_other(customop):
     customop.check()
-''')
+""",
+    )
     result = run("-v", "-p", "no:logging")
-    result.stdout.fnmatch_lines_random([
-        "*Variadic.forward takes [*]xs: its inputs have no names to check them by*",
-        "*KeywordOnly.forward has keyword-only parameter 'scale': torch.autograd.Function.apply takes its inputs positionally*",
-        "*test_other[[]cpu-float64-grad_keys[]] PASSED*",  # the other test's items are unaffected
-    ])
+    result.stdout.fnmatch_lines_random(
+        [
+            "*Variadic.forward takes [*]xs: its inputs have no names to check them by*",
+            "*KeywordOnly.forward has keyword-only parameter 'scale': torch.autograd.Function.apply takes its inputs positionally*",
+            "*test_other[[]cpu-float64-grad_keys[]] PASSED*",  # the other test's items are unaffected
+        ]
+    )
 
 
 def test_the_fixture_calls_the_function_through_the_validating_kernel(pytester, run):
-    write(pytester, '''
+    write(
+        pytester,
+        """
 class AlphaGrad(Scale):
     @staticmethod
     def backward(ctx, grad):
@@ -432,5 +470,6 @@ def test_by_hand(customop):
     out = customop(x, torch.randn(3, dtype=torch.float64), 2.0)
     with pytest.raises(Exception, match="the gradient for input 'alpha' [(]float[)]: expected None"):
         out.sum().backward()
-''')
+""",
+    )
     run("-p", "no:logging").assert_outcomes(passed=1)

@@ -19,7 +19,10 @@ def test_benchmark_smoke_prints_every_section(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "bench_customop.py"), "--smoke", "--json", str(out)],
-        env=env, capture_output=True, text=True, timeout=600,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for heading in (
@@ -44,7 +47,8 @@ def test_benchmark_smoke_prints_every_section(tmp_path):
 def test_benchmark_rejects_an_unknown_section():
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "bench_customop.py"), "--only", "nope"],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 2
     assert "unknown section(s) nope; known: overhead, large, failing, collection, xdist, memory" in proc.stderr

@@ -9,7 +9,7 @@ from report_suite import double_op
 
 
 def test_blame_lands_where_the_error_happened(pytester: pytest.Pytester, ns: str, run) -> None:
-    pytester.makeconftest('''
+    pytester.makeconftest("""
 import pytest, torch
 
 @pytest.fixture(autouse=True)
@@ -20,8 +20,10 @@ def no_grad_everywhere():
     with torch.inference_mode():
         yield
     torch.set_grad_enabled(previous)
-''')
-    pytester.makepyfile(double_op(ns) + f'''
+""")
+    pytester.makepyfile(
+        double_op(ns)
+        + f'''
 import itertools, sys
 from torch.library import custom_op
 
@@ -77,19 +79,22 @@ def test_meta_samples(customop):
 @marked(double, samples=weird_yield, checks=["gradcheck"])
 def test_yield_with_raising_repr(customop):
     customop.check()
-''')
+'''
+    )
     result = run("--customop-report=json:report.json")
     outcomes = result.parseoutcomes()
     assert outcomes["failed"] == 5 and outcomes["passed"] >= 3, outcomes  # the correct op passes every check that applies
     result.stdout.no_fnmatch_line("FAILED *test_correct_op_with_grad_mode_off*")
     text = result.stdout.str()
     assert "Traceback" not in text and "no repr for you" not in text
-    result.stdout.fnmatch_lines_random([
-        f"*{ns}::exits gradcheck on cpu float64: the op raised SystemExit(3) during the check*",
-        "*::test_never_checks*: requests the customop fixture but never calls customop.check()*nothing was verified*",
-        "*customop marker argument 'samples': samples(device='cpu', dtype=torch.float64, requires_grad=True) "
-        "yielded more than 256 samples (an endless generator?)*",
-        "*customop marker argument 'samples': *yielded a meta tensor (argument 0) in sample 0; meta tensors hold no values*",
-        "*customop marker argument 'samples': *yielded Weird <Weird object (its repr raised RuntimeError)> at index 0*",
-    ])
+    result.stdout.fnmatch_lines_random(
+        [
+            f"*{ns}::exits gradcheck on cpu float64: the op raised SystemExit(3) during the check*",
+            "*::test_never_checks*: requests the customop fixture but never calls customop.check()*nothing was verified*",
+            "*customop marker argument 'samples': samples(device='cpu', dtype=torch.float64, requires_grad=True) "
+            "yielded more than 256 samples (an endless generator?)*",
+            "*customop marker argument 'samples': *yielded a meta tensor (argument 0) in sample 0; meta tensors hold no values*",
+            "*customop marker argument 'samples': *yielded Weird <Weird object (its repr raised RuntimeError)> at index 0*",
+        ]
+    )
     assert "backward raised" not in text

@@ -9,7 +9,7 @@ import pytest
 
 ALL = '["gradcheck", "gradgradcheck", "forward_ad", "batched_grad", "noncontiguous", "nondeterminism"]'
 
-HEADER = '''
+HEADER = """
 import numpy as np
 import pytest
 import torch
@@ -32,7 +32,7 @@ def two_inputs(device, dtype, requires_grad):
 
 def save_x(ctx, inputs, output):
     ctx.save_for_backward(inputs[0])
-'''
+"""
 
 
 def write(pytester: pytest.Pytester, ns: str, body: str) -> None:
@@ -84,7 +84,8 @@ WRONG_VMAP_RULE = """
 
 def vmul_op(vmap_rule: str) -> str:
     """``NS::vmul(x, y) = sin(x) * y``, a custom_op with a correct backward and the given vmap rule body."""
-    return '''@torch.library.custom_op(f"{NS}::vmul", mutates_args=())
+    return (
+        """@torch.library.custom_op(f"{NS}::vmul", mutates_args=())
 def vmul(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return x.sin() * y
 
@@ -102,7 +103,10 @@ vmul.register_autograd(vmul_backward, setup_context=vmul_setup)
 
 
 @vmul.register_vmap
-def vmul_vmap(info, in_dims, x, y):''' + vmap_rule + "\n"
+def vmul_vmap(info, in_dims, x, y):"""
+        + vmap_rule
+        + "\n"
+    )
 
 
 def test_correct_ops_pass_or_skip_with_the_reason(pytester, ns, run):
@@ -110,7 +114,7 @@ def test_correct_ops_pass_or_skip_with_the_reason(pytester, ns, run):
         pytester,
         ns,
         sin_library_op("fsin")
-        + '''
+        + """
 
 @torch.library.custom_op(f"{NS}::mysin", mutates_args=())
 def mysin(x: torch.Tensor) -> torch.Tensor:
@@ -171,7 +175,9 @@ def numpy_sin_backward(ctx, grad):
 numpy_sin.register_autograd(numpy_sin_backward, setup_context=save_x)
 
 
-''' + vmul_op(CORRECT_VMAP_RULE) + '''
+"""
+        + vmul_op(CORRECT_VMAP_RULE)
+        + """
 
 # Refuses double backward, as torchvision's ops do: declared in the marker.
 lib_once = torch.library.Library(NS, "FRAGMENT")
@@ -251,7 +257,7 @@ def test_vmul(customop):
 @pytest.mark.customop(f"{NS}::once", samples=one_input, checks=ALL, supports_gradgrad=False)
 def test_once(customop):
     customop.check()
-''',
+""",
     )
     result = run("-rs", "-q")
     # 6 checks x 2 dtypes for fsin, csin, mysin, sin_argmax, scale_all, once; 4 x 2 for addto;
@@ -284,12 +290,12 @@ def test_forward_ad_catches_a_wrong_jvp(pytester, ns, run):
         pytester,
         ns,
         sin_library_op("badjvp", jvp_factor="1.5")
-        + '''
+        + """
 
 @pytest.mark.customop(f"{NS}::badjvp", samples=two_inputs_as_one, checks=ALL)
 def test_badjvp(customop):
     customop.check()
-'''.replace("two_inputs_as_one", "one_input"),
+""".replace("two_inputs_as_one", "one_input"),
     )
     result = run("-rf")
     result.assert_outcomes(passed=10, failed=2)
@@ -309,7 +315,7 @@ def test_forward_ad_names_the_input_whose_jvp_is_wrong(pytester, ns, run):
     write(
         pytester,
         ns,
-        '''
+        """
 lib = torch.library.Library(NS, "FRAGMENT")
 lib.define("mul(Tensor x, Tensor y) -> Tensor")
 lib.impl("mul", lambda x, y: x * y, "CompositeExplicitAutograd")
@@ -334,13 +340,11 @@ lib.impl("mul", MulFunction.apply, "Autograd")
 @pytest.mark.customop(f"{NS}::mul", samples=two_inputs, checks=["forward_ad"], dtypes=["float64"])
 def test_mul(customop):
     customop.check()
-''',
+""",
     )
     result = run()
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(
-        ["    forward-mode AD of output 0 (tangent on input 'y' only) along a random tangent: * differ*"]
-    )
+    result.stdout.fnmatch_lines(["    forward-mode AD of output 0 (tangent on input 'y' only) along a random tangent: * differ*"])
 
 
 def test_forward_ad_declared_support(pytester, ns, run):
@@ -348,7 +352,7 @@ def test_forward_ad_declared_support(pytester, ns, run):
         pytester,
         ns,
         sin_library_op("fsin")
-        + '''
+        + """
 
 @torch.library.custom_op(f"{NS}::mysin", mutates_args=())
 def mysin(x: torch.Tensor) -> torch.Tensor:
@@ -377,7 +381,7 @@ def test_declines(customop):
 @pytest.mark.customop(f"{NS}::rsin", samples=one_input, checks=["forward_ad"], dtypes=["float64"])
 def test_register_autograd_library_op(customop):
     customop.check()
-''',
+""",
     )
     result = run("-rs")
     result.assert_outcomes(failed=1, skipped=2)
@@ -397,7 +401,7 @@ def test_noncontiguous_catches_a_backward_that_views_a_transposed_input(pytester
     write(
         pytester,
         ns,
-        '''
+        """
 @torch.library.custom_op(f"{NS}::viewsin", mutates_args=())
 def viewsin(x: torch.Tensor) -> torch.Tensor:
     return x.sin()
@@ -428,7 +432,7 @@ rawdouble.register_autograd(lambda ctx, grad: grad * 2, setup_context=lambda ctx
 @pytest.mark.customop(rawdouble, samples=one_input, checks=["noncontiguous"], dtypes=["float64"])
 def test_rawdouble(customop):
     customop.check()
-''',
+""",
     )
     result = run("-rfs")
     result.assert_outcomes(passed=8, failed=3, skipped=2)
@@ -450,7 +454,7 @@ def test_noncontiguous_catches_a_backward_writing_into_an_expanded_grad_output(p
     write(
         pytester,
         ns,
-        '''
+        """
 @torch.library.custom_op(f"{NS}::inplace_grad", mutates_args=())
 def inplace_grad(x: torch.Tensor) -> torch.Tensor:
     return x.sin()
@@ -467,13 +471,15 @@ inplace_grad.register_autograd(inplace_grad_backward, setup_context=save_x)
 @pytest.mark.customop(inplace_grad, samples=one_input, checks=["noncontiguous"], dtypes=["float64"])
 def test_inplace_grad(customop):
     customop.check()
-''',
+""",
     )
     result = run()
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
-        ["    backward raised on non-contiguous inputs * with a grad_output expanded in dimension 0 only (stride 0 there), "
-         "as a downstream .sum(0) or a broadcast passes it: RuntimeError: unsupported operation: more than one element*"]
+        [
+            "    backward raised on non-contiguous inputs * with a grad_output expanded in dimension 0 only (stride 0 there), "
+            "as a downstream .sum(0) or a broadcast passes it: RuntimeError: unsupported operation: more than one element*"
+        ]
     )
 
 
@@ -481,7 +487,7 @@ def test_noncontiguous_catches_a_backward_wrong_only_for_a_partly_expanded_grad_
     write(
         pytester,
         ns,
-        '''
+        """
 @torch.library.custom_op(f"{NS}::strided_store", mutates_args=())
 def strided_store(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return x.sin() + index.to(x.dtype)
@@ -516,7 +522,7 @@ def with_index(device, dtype, requires_grad):
 @pytest.mark.customop(strided_store, samples=with_index, checks=["noncontiguous", "gradcheck", "grad_keys"], dtypes=["float64"])
 def test_strided_store(customop):
     customop.check()
-''',
+""",
     )
     result = run("-v")
     result.assert_outcomes(passed=2, failed=1)
@@ -535,7 +541,7 @@ def test_nondeterminism_catches_a_noisy_backward_and_reports_the_difference(pyte
     write(
         pytester,
         ns,
-        '''
+        """
 @torch.library.custom_op(f"{NS}::noisy", mutates_args=())
 def noisy(x: torch.Tensor) -> torch.Tensor:
     return x.sin()
@@ -560,7 +566,7 @@ def test_noisy_tolerated(customop):
     result = customop.check()
     assert result.notes[0].startswith("largest difference between repeated runs: outputs 0, gradients ")
     assert result.notes[0].endswith("(nondet_tol=0.0001)")
-''',
+""",
     )
     result = run("-rfs")
     result.assert_outcomes(passed=4, failed=1, skipped=2)
@@ -580,7 +586,7 @@ def test_batched_grad_catches_a_backward_that_breaks_under_vmap(pytester, ns, ru
     write(
         pytester,
         ns,
-        '''
+        """
 @torch.library.custom_op(f"{NS}::clipped", mutates_args=())
 def clipped(x: torch.Tensor) -> torch.Tensor:
     return x.sin()
@@ -599,7 +605,7 @@ clipped.register_autograd(clipped_backward, setup_context=save_x)
 @pytest.mark.customop(clipped, samples=one_input, checks=ALL)
 def test_clipped(customop):
     customop.check()
-''',
+""",
     )
     result = run("-rfs")
     result.assert_outcomes(passed=8, failed=2, skipped=2)
@@ -618,13 +624,15 @@ def test_batched_grad_catches_a_wrong_vmap_rule(pytester, ns, run):
     write(
         pytester,
         ns,
-        '''
-''' + vmul_op(WRONG_VMAP_RULE) + '''
+        """
+"""
+        + vmul_op(WRONG_VMAP_RULE)
+        + """
 
 @pytest.mark.customop(vmul, samples=two_inputs, checks=ALL)
 def test_vmul(customop):
     customop.check()
-''',
+""",
     )
     result = run("-rfs")
     result.assert_outcomes(passed=8, failed=2, skipped=2)
@@ -651,12 +659,12 @@ def test_batched_grad_skips_a_vmap_rule_that_declines_explicitly_and_quotes_it(p
         pytester,
         ns,
         vmul_op(REFUSING_VMAP_RULE)
-        + '''
+        + """
 
 @pytest.mark.customop(vmul, samples=two_inputs, checks=["batched_grad"], dtypes=["float64"])
 def test_vmul(customop):
     customop.check()
-''',
+""",
     )
     result = run("-rs")
     result.assert_outcomes(skipped=1)
@@ -672,7 +680,7 @@ def test_batched_grad_batches_only_the_inputs_under_test_not_a_float_table(pytes
     write(
         pytester,
         ns,
-        '''
+        """
 @torch.library.custom_op(f"{NS}::scaled_rows", mutates_args=())
 def scaled_rows(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     return x * table
@@ -699,7 +707,7 @@ def with_table(device, dtype, requires_grad):
 @pytest.mark.customop(scaled_rows, samples=with_table, checks=["batched_grad"], dtypes=["float64"])
 def test_scaled_rows(customop):
     print("NOTES:", customop.check().notes)
-''',
+""",
     )
     result = run("-s")
     result.assert_outcomes(passed=1)
@@ -710,7 +718,7 @@ def test_noncontiguous_makes_each_tensor_list_element_non_contiguous(pytester, n
     write(
         pytester,
         ns,
-        '''
+        """
 @torch.library.custom_op(f"{NS}::flat_sum", mutates_args=())
 def flat_sum(xs: list[torch.Tensor]) -> torch.Tensor:
     # a kernel reading each element's storage as if it were contiguous
@@ -730,7 +738,7 @@ def two_matrices(device, dtype, requires_grad):
 @pytest.mark.customop(flat_sum, samples=two_matrices, checks=["noncontiguous", "gradcheck"], dtypes=["float64"])
 def test_flat_sum(customop):
     customop.check()
-''',
+""",
     )
     result = run()
     result.assert_outcomes(passed=1, failed=1)

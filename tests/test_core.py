@@ -511,7 +511,11 @@ def test_markers_fixtures_and_help_text(pytester):
     )
     result = pytester.runpytest("--help")
     result.stdout.fnmatch_lines(
-        ["*verify PyTorch custom operators (pytest-customop)*", "*--customop-devices=LIST*", "*customop_seed (int)*" if int(pytest.__version__.split(".")[0]) >= 9 else "*customop_seed (string)*"]
+        [
+            "*verify PyTorch custom operators (pytest-customop)*",
+            "*--customop-devices=LIST*",
+            "*customop_seed (int)*" if int(pytest.__version__.split(".")[0]) >= 9 else "*customop_seed (string)*",
+        ]
     )
 
 

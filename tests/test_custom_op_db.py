@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("expecttest")
 
-BODY = '''
+BODY = """
 import pytest, torch
 from torch.testing._internal.custom_op_db import custom_op_db
 
@@ -25,19 +25,30 @@ def samples_of(name):
 @pytest.mark.parametrize("name", {names!r})
 def test_nothing(name):
     pass
-'''
+"""
 
-MARKED = '''
+MARKED = """
 @pytest.mark.customop(OPINFOS["{name}"].op, samples=samples_of("{name}"), devices=["cpu"],
                       dtypes=[torch.float64, torch.float32, torch.int64], checks={checks!r})
 def test_{name}(customop):
     customop.check()
-'''
+"""
 
 # Every default check: batched_grad meets a vmap rule that declines ("data-dependent" NotImplementedError:
 # a skip quoting it), edge_shapes index tensors that must keep their relation to the data.
-CHECKS = ["gradcheck", "gradgradcheck", "grad_keys", "forward_ad", "batched_grad", "noncontiguous", "nondeterminism",
-          "requires_grad_subsets", "edge_shapes", "opcheck", "compile"]
+CHECKS = [
+    "gradcheck",
+    "gradgradcheck",
+    "grad_keys",
+    "forward_ad",
+    "batched_grad",
+    "noncontiguous",
+    "nondeterminism",
+    "requires_grad_subsets",
+    "edge_shapes",
+    "opcheck",
+    "compile",
+]
 
 # Elementwise, broadcast (unreduced gradients on purpose), sort (index outputs), take (index input),
 # nonzero (integer output, no autograd).

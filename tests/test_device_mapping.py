@@ -41,7 +41,7 @@ def test_parse_worker_devices() -> None:
 
 # Four fake CUDA devices: torch.cuda answers as on a 4-GPU machine, set_device/current_device keep the
 # index in this process, no tensor is ever made on them.
-FAKE_CUDA = '''
+FAKE_CUDA = """
 import torch
 
 _current = [0]
@@ -50,9 +50,9 @@ torch.cuda.device_count = lambda: 4
 torch.cuda.set_device = lambda index: _current.__setitem__(0, int(getattr(index, "index", index)))
 torch.cuda.current_device = lambda: _current[0]
 torch.cuda.get_device_name = lambda index=None: f"Fake GPU {_current[0] if index is None else index}"
-'''
+"""
 
-SUITE = '''
+SUITE = """
 import os
 
 import pytest
@@ -71,16 +71,21 @@ def test_where(customop_device):  # where it runs is all this test looks at
     worker = os.environ.get("PYTEST_XDIST_WORKER", "-")
     with open("ran.txt", "a") as stream:  # workers' stdout does not reach the controller
         stream.write(f"{worker} {customop_device} cuda:{torch.cuda.current_device()}\\n")
-'''
+"""
 
 
 def _rows(pytester: pytest.Pytester) -> list[dict]:
     return json.loads((pytester.path / "report.json").read_text())["results"]
 
 
-@pytest.mark.parametrize("option, expected", [(None, {"gw0": "cuda:0", "gw1": "cuda:1"}),
-                                               ("2,3", {"gw0": "cuda:2", "gw1": "cuda:3"}),
-                                               ("off", {"gw0": "cuda:0", "gw1": "cuda:0"})])
+@pytest.mark.parametrize(
+    "option, expected",
+    [
+        (None, {"gw0": "cuda:0", "gw1": "cuda:1"}),
+        ("2,3", {"gw0": "cuda:2", "gw1": "cuda:3"}),
+        ("off", {"gw0": "cuda:0", "gw1": "cuda:0"}),
+    ],
+)
 def test_xdist_workers_use_their_device_and_the_report_names_it(pytester: pytest.Pytester, monkeypatch, option, expected) -> None:
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     pytester.makeconftest(FAKE_CUDA)
@@ -112,7 +117,9 @@ def test_a_mapping_beyond_the_devices_present_fails_the_items_with_the_reason(py
     pytester.makepyfile(test_where=SUITE)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "1", "--customop-worker-devices=6")
     result.assert_outcomes(passed=4, errors=4)
-    result.stdout.fnmatch_lines(["*pytest-customop: --customop-worker-devices gives worker gw0 cuda:6, but 4 cuda device(s) are present*"])
+    result.stdout.fnmatch_lines(
+        ["*pytest-customop: --customop-worker-devices gives worker gw0 cuda:6, but 4 cuda device(s) are present*"]
+    )
 
 
 def test_a_bad_value_is_a_usage_error(pytester: pytest.Pytester) -> None:

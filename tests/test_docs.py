@@ -100,7 +100,18 @@ def docs_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Counte
     # conftest.py) is loaded as a plugin at start-up, as a conftest would be.
     plugins = [arg for b in BLOCKS if "pytest_plugins = [__name__]" in b.code for arg in ("-p", b.module)]
     completed = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *plugins, "--customop-seed=1234", "-q", f"--junitxml={junit}", "."],
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            *plugins,
+            "--customop-seed=1234",
+            "-q",
+            f"--junitxml={junit}",
+            ".",
+        ],
         cwd=directory,
         env=env,
         capture_output=True,

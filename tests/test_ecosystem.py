@@ -106,7 +106,9 @@ def test_rerunfailures_under_xdist_gives_the_same_rows(pytester, ns):
     pytest.importorskip("pytest_rerunfailures")
     pytest.importorskip("xdist")
     pytester.makepyfile(test_ops=OPS.format(ns=ns) + marked("flaky") + marked("wrong"))
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--reruns=1", "-n", "2", "--customop-report=json:report.json")
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--reruns=1", "-n", "2", "--customop-report=json:report.json"
+    )
     rows = by_test(json_rows(pytester.path / "report.json"))
     assert rows["test_flaky"][0] == "passed" and "after 1 rerun(s)" in rows["test_flaky"][1], result.stdout.str()
     assert rows["test_wrong"][0] == "failed"
@@ -127,8 +129,15 @@ def test_randomly_shuffles_the_run_but_not_the_report(pytester, ns, monkeypatch)
     runs = []
     for seed in (1, 2):
         result = pytester.runpytest_subprocess(
-            "-p", "no:cacheprovider", "-p", "randomly", f"--randomly-seed={seed}", "-v",
-            "--customop-seed=1234", "--customop-report", f"--customop-report=json:report{seed}.json",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "randomly",
+            f"--randomly-seed={seed}",
+            "-v",
+            "--customop-seed=1234",
+            "--customop-report",
+            f"--customop-report=json:report{seed}.json",
         )
         result.stdout.fnmatch_lines([f"Using --randomly-seed={seed}"])
         order = [line.split(" ")[0] for line in result.outlines if line.startswith("test_suite.py::")]
@@ -296,7 +305,9 @@ def test_the_startup_benchmark_runs_and_the_plugin_imports_no_torch(tmp_path):
     out = tmp_path / "startup.json"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "bench_startup.py"), "--runs", "1", "--tests", "5", "--json", str(out)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     figures = json.loads(out.read_text())

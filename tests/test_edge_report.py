@@ -9,7 +9,7 @@ import xml.etree.ElementTree as ElementTree
 
 from customop_sources import write
 
-OPS = '''
+OPS = """
 def rows(device, dtype, requires_grad):
     yield SampleInput(torch.randn(3, 4, dtype=dtype, requires_grad=requires_grad))
 
@@ -47,7 +47,7 @@ def test_empty_bug(customop):
 @pytest.mark.customop(zero_dim_note, samples=rows, checks=["edge_shapes"], dtypes=["float64"], devices=["cpu"])
 def test_zero_dim_note(customop):
     customop.check()
-'''
+"""
 
 WHAT = "on a proven edge (dimension 0, shared by 'x' and the output, sliced to 0), the backward raised RuntimeError: max()"
 NOTE = "suspected edge: on sample 0 with 'x' made 0-dim, which the forward accepts, the backward raised IndexError"
@@ -55,13 +55,20 @@ NOTE = "suspected edge: on sample 0 with 'x' made 0-dim, which the forward accep
 
 def test_every_format_says_what_was_wrong_and_shows_the_suspected_edge(pytester, ns, run):
     write(pytester, ns, OPS)
-    result = run("--junitxml=junit.xml", "--customop-report", "--customop-report=json:r.json",
-                 "--customop-report=md:r.md", "--customop-report=html:r.html")
+    result = run(
+        "--junitxml=junit.xml",
+        "--customop-report",
+        "--customop-report=json:r.json",
+        "--customop-report=md:r.md",
+        "--customop-report=html:r.html",
+    )
     result.assert_outcomes(passed=1, failed=1, warnings=1)
-    result.stdout.fnmatch_lines([
-        "  FAILED edge_shapes cpu/float64: sample 0: on a proven edge (dimension 0,*",  # wrapped to the terminal
-        "  NOTE edge_shapes cpu/float64: suspected edge: on sample 0*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "  FAILED edge_shapes cpu/float64: sample 0: on a proven edge (dimension 0,*",  # wrapped to the terminal
+            "  NOTE edge_shapes cpu/float64: suspected edge: on sample 0*",
+        ]
+    )
     rows = {r["op"].split("::")[1]: r for r in json.loads((pytester.path / "r.json").read_text())["results"]}
     assert WHAT in rows["empty_bug"]["message"]
     assert NOTE in rows["zero_dim_note"]["message"] and rows["zero_dim_note"]["outcome"] == "passed"
@@ -72,4 +79,7 @@ def test_every_format_says_what_was_wrong_and_shows_the_suspected_edge(pytester,
     assert "the backward raised RuntimeError: max\\(\\)" in markdown
     page = (pytester.path / "r.html").read_text()
     # the note names its cell, which opens that cell's panel
-    assert re.search(r'<li class="note-reason"><label for="cell-\d+"><strong>NOTE</strong> edge_shapes cpu/float64</label>: suspected edge:', page)
+    assert re.search(
+        r'<li class="note-reason"><label for="cell-\d+"><strong>NOTE</strong> edge_shapes cpu/float64</label>: suspected edge:',
+        page,
+    )

@@ -60,7 +60,10 @@ def write(pytester: pytest.Pytester, ns: str, body: str) -> None:
 
 
 def test_is_a_default_check_after_gradgradcheck(pytester, ns, run):
-    write(pytester, ns, '''
+    write(
+        pytester,
+        ns,
+        """
 def correct(ctx, g):
     x, y = ctx.saved_tensors
     return g * y * ctx.alpha, g * x * ctx.alpha, None
@@ -70,18 +73,24 @@ make_scale(correct)
 @pytest.mark.customop(f"{NS}::scale", samples=pair, devices=["cpu"], dtypes=[torch.float64])
 def test_scale(customop):
     customop.check()
-''')
+""",
+    )
     result = run("-v", "-k", "gradcheck or grad_keys")
     result.assert_outcomes(passed=3)
-    result.stdout.fnmatch_lines([
-        "*test_scale[[]cpu-float64-gradcheck[]] PASSED*",
-        "*test_scale[[]cpu-float64-gradgradcheck[]] PASSED*",
-        "*test_scale[[]cpu-float64-grad_keys[]] PASSED*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*test_scale[[]cpu-float64-gradcheck[]] PASSED*",
+            "*test_scale[[]cpu-float64-gradgradcheck[]] PASSED*",
+            "*test_scale[[]cpu-float64-grad_keys[]] PASSED*",
+        ]
+    )
 
 
 def test_correct_ops_pass_in_every_registration_style(pytester, ns, run):
-    write(pytester, ns, '''
+    write(
+        pytester,
+        ns,
+        """
 from pytest_customop import register_dict_backward
 
 # torch.library.custom_op + register_autograd
@@ -193,14 +202,18 @@ def test_non_differentiable_output(customop):
 @pytest.mark.customop(f"{NS}::dict_scale", samples=pair, **common)
 def test_dict_backward(customop):
     run_check(customop)
-''')
+""",
+    )
     result = run("-v")
     result.assert_outcomes(passed=12)
     result.stdout.fnmatch_lines(["*test_tensor_lists[[]cpu-float32-grad_keys[]] PASSED*"])
 
 
 def test_correct_legacy_op_passes(pytester, ns, run):
-    write(pytester, ns, '''
+    write(
+        pytester,
+        ns,
+        """
 def backward(ctx, saved, g):
     return {"x": g * saved["y"] * saved["alpha"], "y": g * saved["x"] * saved["alpha"]}
 
@@ -212,12 +225,16 @@ def test_scale(customop):
     result = customop.check()
     if customop.check_name == "grad_keys":
         assert "legacy" in result.notes[0], result.notes
-''')
+""",
+    )
     run().assert_outcomes(passed=2)
 
 
 def test_opaque_backwards_are_named_and_what_reaches_each_input_is_validated(pytester, ns, run):
-    write(pytester, ns, '''
+    write(
+        pytester,
+        ns,
+        """
 lib = torch.library.Library(NS, "FRAGMENT")
 lib.define("composite(Tensor x, Tensor y) -> Tensor")
 lib.impl("composite", lambda x, y: x.sin() * y, "CompositeImplicitAutograd")
@@ -235,27 +252,36 @@ def test_composite(customop):
 def test_cpp_autograd_kernel(customop):
     result = customop.check()
     print("NOTE:", result.notes[0])
-''')
+""",
+    )
     result = run("-s")
     result.assert_outcomes(passed=2)
-    result.stdout.fnmatch_lines([
-        f"*NOTE: backward is opaque to Python ({ns}::composite is CompositeImplicitAutograd*): validated the "
-        "gradients that reach each input, by name",
-        "*NOTE: backward is opaque to Python (aten::mul.Tensor has an autograd kernel Python cannot see into*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            f"*NOTE: backward is opaque to Python ({ns}::composite is CompositeImplicitAutograd*): validated the "
+            "gradients that reach each input, by name",
+            "*NOTE: backward is opaque to Python (aten::mul.Tensor has an autograd kernel Python cannot see into*",
+        ]
+    )
 
 
 def test_op_without_backward_fails_grad_keys(pytester, ns, run):
-    write(pytester, ns, '''
+    write(
+        pytester,
+        ns,
+        """
 torch.library.custom_op(f"{NS}::scale", mutates_args=())(scale)
 
 @pytest.mark.customop(f"{NS}::scale", samples=pair, devices=["cpu"], dtypes=[torch.float64], checks=["grad_keys"])
 def test_scale(customop):
     customop.check()
-''')
+""",
+    )
     result = run()
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines([f"*{ns}::scale has no backward (register one with register_autograd): its gradients cannot be validated*"])
+    result.stdout.fnmatch_lines(
+        [f"*{ns}::scale has no backward (register one with register_autograd): its gradients cannot be validated*"]
+    )
 
 
 # -- each validation rule catches a real bug -------------------------------------------------------------
@@ -264,8 +290,7 @@ BUGS = [
     (
         "too_few",
         "return g * y * a, g * x * a",
-        "{op}: backward returned 2 gradient(s), expected 3, one per positional input (x, y, alpha): "
-        "nothing for input 'alpha'",
+        "{op}: backward returned 2 gradient(s), expected 3, one per positional input (x, y, alpha): nothing for input 'alpha'",
     ),
     (
         "extra_none",
@@ -318,7 +343,7 @@ def test_{name}(customop):
     result = run("-v")
     result.assert_outcomes(failed=2 * len(BUGS))
     expected = []
-    for name, _, line in BUGS:
+    for name, _, _line in BUGS:
         for dtype in ("float64", "float32"):
             expected.append(f"*test_{name}[[]cpu-{dtype}-grad_keys[]] FAILED*")
     for name, _, line in BUGS:
@@ -333,7 +358,10 @@ def test_{name}(customop):
 
 def test_silently_absorbed_bugs_pass_gradcheck_but_fail_grad_keys(pytester, ns, run):
     """The engine sums a broadcast gradient and casts a float32 one: gradcheck cannot see either."""
-    write(pytester, ns, '''
+    write(
+        pytester,
+        ns,
+        """
 def wrong(ctx, g):
     x, y = ctx.saved_tensors
     return (g * y * ctx.alpha / 5).expand(5, 3, 4), (g * x * ctx.alpha).float(), None
@@ -344,24 +372,30 @@ make_scale(wrong)
                       checks=["gradcheck", "grad_keys"])
 def test_scale(customop):
     customop.check()
-''')
+""",
+    )
     result = run("-v")
     result.assert_outcomes(passed=1, failed=1)
     # the broadcast gradient's sum is right (gradcheck passes): a note; the float32 one stays a failure
-    result.stdout.fnmatch_lines([
-        "*test_scale[[]cpu-float64-gradcheck[]] PASSED*",
-        "*test_scale[[]cpu-float64-grad_keys[]] FAILED*",
-        f"    {ns}::scale: the gradient for input 'y': expected dtype float64 (the input's), got float32 "
-        "(torch would cast it silently)",
-        f"  note: sample 0: {ns}::scale: the gradient for input 'x' has shape [[]5, 3, 4[]], larger than the input's "
-        "[[]3, 4[]]: relies on the engine to reduce [[]5, 3, 4[]] to [[]3, 4[]] (gradcheck proves the reduced values)",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*test_scale[[]cpu-float64-gradcheck[]] PASSED*",
+            "*test_scale[[]cpu-float64-grad_keys[]] FAILED*",
+            f"    {ns}::scale: the gradient for input 'y': expected dtype float64 (the input's), got float32 "
+            "(torch would cast it silently)",
+            f"  note: sample 0: {ns}::scale: the gradient for input 'x' has shape [[]5, 3, 4[]], larger than the input's "
+            "[[]3, 4[]]: relies on the engine to reduce [[]5, 3, 4[]] to [[]3, 4[]] (gradcheck proves the reduced values)",
+        ]
+    )
 
 
 @pytest.mark.parametrize("strict", [False, True])
 def test_a_broadcast_reducible_gradient_is_a_note_unless_strict_shapes_are_asked(pytester, ns, run, strict):
     """PyTorch's own test ops (custom_op_db's numpy_mul) return unreduced gradients on purpose."""
-    write(pytester, ns, f'''
+    write(
+        pytester,
+        ns,
+        f"""
 def unreduced(ctx, g):
     x, y = ctx.saved_tensors
     return (g * y * ctx.alpha / 5).expand(5, 3, 4), g * x * ctx.alpha, None
@@ -373,18 +407,24 @@ make_scale(unreduced)
 def test_scale(customop):
     result = customop.check()
     print("NOTES", result.notes)
-''')
+""",
+    )
     result = run("-s")
     if strict:
         result.assert_outcomes(failed=2)
-        result.stdout.fnmatch_lines(["*relies on the engine to reduce [[]5, 3, 4[]] to [[]3, 4[]] (the marker asks strict_grad_shapes=True)"])
+        result.stdout.fnmatch_lines(
+            ["*relies on the engine to reduce [[]5, 3, 4[]] to [[]3, 4[]] (the marker asks strict_grad_shapes=True)"]
+        )
     else:
         result.assert_outcomes(passed=2)
         result.stdout.fnmatch_lines(["*NOTES *relies on the engine to reduce [[]5, 3, 4[]] to [[]3, 4[]]*"])
 
 
 def test_float32_gradient_for_float64_input(pytester, ns, run):
-    write(pytester, ns, '''
+    write(
+        pytester,
+        ns,
+        """
 def wrong(ctx, g):
     x, y = ctx.saved_tensors
     return g * y * ctx.alpha, (g * x * ctx.alpha).float(), None
@@ -395,18 +435,24 @@ make_scale(wrong)
                       checks=["grad_keys"])
 def test_scale(customop):
     customop.check()
-''')
+""",
+    )
     result = run("-v")
     result.assert_outcomes(passed=1, failed=1)  # at float32 the cast changes nothing
-    result.stdout.fnmatch_lines([
-        "*test_scale[[]cpu-float64-grad_keys[]] FAILED*",
-        "*test_scale[[]cpu-float32-grad_keys[]] PASSED*",
-        f"    {ns}::scale: the gradient for input 'y': expected dtype float64 (the input's), got float32*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*test_scale[[]cpu-float64-grad_keys[]] FAILED*",
+            "*test_scale[[]cpu-float32-grad_keys[]] PASSED*",
+            f"    {ns}::scale: the gradient for input 'y': expected dtype float64 (the input's), got float32*",
+        ]
+    )
 
 
 def test_wrong_length_list_for_tensor_list_input_of_a_library_op(pytester, ns, run):
-    write(pytester, ns, '''
+    write(
+        pytester,
+        ns,
+        """
 # Library.define + register_autograd: the backward is found through the kernel torch generated
 lib = torch.library.Library(NS, "FRAGMENT")
 lib.define("total(Tensor[] xs, float weight) -> Tensor")
@@ -427,13 +473,16 @@ def lists(device, dtype, requires_grad):
                       checks=["grad_keys"])
 def test_total(customop):
     customop.check()
-''')
+""",
+    )
     result = run()
     result.assert_outcomes(failed=2)
-    result.stdout.fnmatch_lines([
-        f"    {ns}::total: the gradient for input 'xs' (Tensor[[]] of 2): expected a list of 2 (None or Tensor, "
-        "one per element), got a list of 1",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            f"    {ns}::total: the gradient for input 'xs' (Tensor[[]] of 2): expected a list of 2 (None or Tensor, "
+            "one per element), got a list of 1",
+        ]
+    )
 
 
 LEGACY_BUGS = [
@@ -487,7 +536,10 @@ def test_{name}(customop):
 
 
 def test_calling_the_fixture_validates_the_backward_too(pytester, ns, run):
-    write(pytester, ns, '''
+    write(
+        pytester,
+        ns,
+        """
 def wrong(ctx, g):
     x, y = ctx.saved_tensors
     return g * y * ctx.alpha, g * x * ctx.alpha, None, None
@@ -498,21 +550,27 @@ make_scale(wrong)
 def test_by_hand(customop):
     x, y, alpha = customop.samples()[0].args
     customop(x, y, alpha).sum().backward()
-''')
+""",
+    )
     result = run()
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines([
-        f"E *GradientValidationError: the backward of {ns}::scale is wrong:",
-        "E *  backward returned 4 gradients, expected 3, one per positional input (x, y, alpha): extra trailing*",
-        "E *  (backward: wrong (test_ops.py:*), registered with register_autograd)",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            f"E *GradientValidationError: the backward of {ns}::scale is wrong:",
+            "E *  backward returned 4 gradients, expected 3, one per positional input (x, y, alpha): extra trailing*",
+            "E *  (backward: wrong (test_ops.py:*), registered with register_autograd)",
+        ]
+    )
 
 
 def test_gradient_on_the_wrong_device(pytester, ns, run):
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device: the gradient is moved to the CPU while its input is on CUDA")
-    write(pytester, ns, '''
+    write(
+        pytester,
+        ns,
+        """
 def wrong(ctx, g):
     x, y = ctx.saved_tensors
     return (g * y * ctx.alpha).cpu(), g * x * ctx.alpha, None
@@ -522,9 +580,12 @@ make_scale(wrong)
 @pytest.mark.customop(f"{NS}::scale", samples=pair, devices=["cuda"], dtypes=[torch.float64], checks=["grad_keys"])
 def test_scale(customop):
     customop.check()
-''')
+""",
+    )
     result = run()
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines([
-        f"    {ns}::scale: the gradient for input 'x': expected device cuda:0 (the input's), got cpu",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            f"    {ns}::scale: the gradient for input 'x': expected device cuda:0 (the input's), got cpu",
+        ]
+    )

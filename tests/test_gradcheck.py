@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-HEADER = '''
+HEADER = """
 import pytest, torch
 from torch import Tensor
 from pytest_customop import SampleInput
@@ -27,14 +27,14 @@ def two_inputs(device, dtype, requires_grad):
     make = lambda *s: torch.randn(*s, device=device, dtype=dtype, requires_grad=requires_grad)
     yield SampleInput(make(4, 3), make(4, 3))
     yield SampleInput(make(4, 3), make(3), sample_name="broadcast")
-'''
+"""
 
 
 def write(pytester: pytest.Pytester, ns: str, body: str) -> None:
     pytester.makepyfile(test_ops=HEADER.format(ns=ns) + textwrap.dedent(body))
 
 
-CORRECT_MUL = '''
+CORRECT_MUL = """
 def _sum_to(g, shape):
     while g.dim() > len(shape):
         g = g.sum(0)
@@ -46,11 +46,15 @@ def mul(x: Tensor, y: Tensor) -> Tensor:
 def mul_backward(ctx, grad):
     x, y = ctx.saved_tensors
     return _sum_to(grad * y.conj(), x.shape), _sum_to(grad * x.conj(), y.shape)
-'''
+"""
 
 
 def test_correct_op_passes_every_dtype_and_both_checks(pytester, ns, run):
-    write(pytester, ns, CORRECT_MUL + '''
+    write(
+        pytester,
+        ns,
+        CORRECT_MUL
+        + """
 make_op("mul", mul, mul_backward)
 
 @pytest.mark.customop(f"{NS}::mul", samples=two_inputs, devices=["cpu"], checks=["gradcheck", "gradgradcheck"],
@@ -58,14 +62,19 @@ make_op("mul", mul, mul_backward)
                               torch.float16, torch.bfloat16])
 def test_mul(customop):
     customop.check()
-''')
+""",
+    )
     result = run("-v")
     result.assert_outcomes(passed=12)
     result.stdout.fnmatch_lines(["*test_mul[[]cpu-bfloat16-gradgradcheck[]] PASSED*"])
 
 
 def test_wrong_sign_is_caught_by_gradcheck_naming_the_input(pytester, ns, run):
-    write(pytester, ns, CORRECT_MUL + '''
+    write(
+        pytester,
+        ns,
+        CORRECT_MUL
+        + """
 def wrong(ctx, grad):
     gx, gy = mul_backward(ctx, grad)
     return gx, -gy
@@ -76,7 +85,8 @@ make_op("mul", mul, wrong)
                       checks=["gradcheck"])
 def test_mul(customop):
     customop.check()
-''')
+""",
+    )
     result = run()
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
@@ -91,7 +101,10 @@ def test_mul(customop):
 
 
 def test_missing_conj_is_caught_only_in_complex(pytester, ns, run):
-    write(pytester, ns, '''
+    write(
+        pytester,
+        ns,
+        """
 def mul(x: Tensor, y: Tensor) -> Tensor:
     return x * y
 
@@ -105,14 +118,18 @@ make_op("mul", mul, no_conj)
                       dtypes=[torch.float64, torch.complex128])
 def test_mul(customop):
     customop.check()
-''')
+""",
+    )
     result = run("-v")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*[[]cpu-complex128-gradcheck[]] FAILED*", "*gradient of input 'x'*j (finite differences)*"])
 
 
 def test_broadcast_grad_reduced_over_wrong_dim(pytester, ns, run):
-    write(pytester, ns, '''
+    write(
+        pytester,
+        ns,
+        """
 def add_bias(x: Tensor, bias: Tensor) -> Tensor:
     return x + bias
 
@@ -129,14 +146,19 @@ def samples(device, dtype, requires_grad):
                       checks=["gradcheck"])
 def test_add_bias(customop):
     customop.check()
-''')
+""",
+    )
     result = run()
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["    gradient of input 'bias': 4 of 4 element(s) differ*"])
 
 
 def test_none_for_an_input_that_needs_a_grad(pytester, ns, run):
-    write(pytester, ns, CORRECT_MUL + '''
+    write(
+        pytester,
+        ns,
+        CORRECT_MUL
+        + """
 def forgets_y(ctx, grad):
     gx, _ = mul_backward(ctx, grad)
     return gx, None
@@ -147,7 +169,8 @@ make_op("mul", mul, forgets_y)
                       checks=["gradcheck"])
 def test_mul(customop):
     customop.check()
-''')
+""",
+    )
     result = run()
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
@@ -156,7 +179,10 @@ def test_mul(customop):
 
 
 def test_detaching_backward_fails_gradgradcheck_only(pytester, ns, run):
-    write(pytester, ns, '''
+    write(
+        pytester,
+        ns,
+        """
 def square(x: Tensor) -> Tensor:
     return x * x
 
@@ -169,7 +195,8 @@ make_op("square", square, detaching)
 @pytest.mark.customop(f"{NS}::square", samples=one_input, devices=["cpu"], checks=["gradcheck", "gradgradcheck"], dtypes=[torch.float64])
 def test_square(customop):
     customop.check()
-''')
+""",
+    )
     result = run("-v")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(
@@ -181,7 +208,10 @@ def test_square(customop):
 
 
 def test_wrong_only_in_float32_is_caught_at_float32(pytester, ns, run):
-    write(pytester, ns, '''
+    write(
+        pytester,
+        ns,
+        """
 def exp(x: Tensor) -> Tensor:
     return x.exp()
 
@@ -197,7 +227,8 @@ make_op("exp", exp, low_precision_backward)
                       dtypes=[torch.float64, torch.float32])
 def test_exp(customop):
     customop.check()
-''')
+""",
+    )
     result = run("-v")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(
@@ -209,7 +240,10 @@ def test_exp(customop):
 
 
 def test_tolerance_override_per_dtype(pytester, ns, run):
-    write(pytester, ns, '''
+    write(
+        pytester,
+        ns,
+        """
 def exp(x: Tensor) -> Tensor:
     return x.exp()
 
@@ -223,11 +257,12 @@ make_op("exp", exp, low_precision_backward)
                       dtypes=[torch.float32], tolerances={torch.float32: (1e-2, 2e-2)})
 def test_exp(customop):
     customop.check()
-''')
+""",
+    )
     run().assert_outcomes(passed=1)
 
 
-EXPLICIT_REFUSAL = '''
+EXPLICIT_REFUSAL = """
 class NoDoubleBackward(torch.autograd.Function):
     # What torchvision's C++ ops do: their backward's backward raises.
     @staticmethod
@@ -247,15 +282,20 @@ def sin_backward(ctx, grad):
     return NoDoubleBackward.apply(grad, x)
 
 make_op("sin", sin, sin_backward)
-'''
+"""
 
 
 def test_explicit_double_backward_refusal_is_a_skip_with_the_reason(pytester, ns, run):
-    write(pytester, ns, EXPLICIT_REFUSAL + '''
+    write(
+        pytester,
+        ns,
+        EXPLICIT_REFUSAL
+        + """
 @pytest.mark.customop(f"{NS}::sin", samples=one_input, devices=["cpu"], checks=["gradcheck", "gradgradcheck"], dtypes=[torch.float64, torch.float32])
 def test_sin(customop):
     customop.check()
-''')
+""",
+    )
     result = run("-rs")
     result.assert_outcomes(passed=2, skipped=2)
     result.stdout.fnmatch_lines(
@@ -264,31 +304,46 @@ def test_sin(customop):
 
 
 def test_refusal_fails_when_the_marker_claims_support(pytester, ns, run):
-    write(pytester, ns, EXPLICIT_REFUSAL + '''
+    write(
+        pytester,
+        ns,
+        EXPLICIT_REFUSAL
+        + """
 @pytest.mark.customop(f"{NS}::sin", samples=one_input, devices=["cpu"], checks=["gradcheck", "gradgradcheck"], dtypes=[torch.float64],
                       supports_gradgrad=True)
 def test_sin(customop):
     customop.check()
-''')
+""",
+    )
     result = run()
     result.assert_outcomes(passed=1, failed=1)
-    result.stdout.fnmatch_lines(["*the marker claims supports_gradgrad=True but sample 0: double backwards on sin not supported*"])
+    result.stdout.fnmatch_lines(
+        ["*the marker claims supports_gradgrad=True but sample 0: double backwards on sin not supported*"]
+    )
 
 
 def test_supports_gradgrad_false_skips_at_collection(pytester, ns, run):
-    write(pytester, ns, EXPLICIT_REFUSAL + '''
+    write(
+        pytester,
+        ns,
+        EXPLICIT_REFUSAL
+        + """
 @pytest.mark.customop(f"{NS}::sin", samples=one_input, devices=["cpu"], checks=["gradcheck", "gradgradcheck"], dtypes=[torch.float64],
                       supports_gradgrad=False)
 def test_sin(customop):
     customop.check()
-''')
+""",
+    )
     result = run("-rs")
     result.assert_outcomes(passed=1, skipped=1)
     result.stdout.fnmatch_lines(["*the marker declares supports_gradgrad=False*"])
 
 
 def test_once_differentiable_backward_is_a_refusal(pytester, ns, run):
-    write(pytester, ns, '''
+    write(
+        pytester,
+        ns,
+        """
 from torch.autograd.function import once_differentiable
 
 class Sin(torch.autograd.Function):
@@ -310,7 +365,8 @@ lib.impl("sin", Sin.apply, "CompositeImplicitAutograd")
 @pytest.mark.customop(f"{NS}::sin", samples=one_input, devices=["cpu"], checks=["gradcheck", "gradgradcheck"], dtypes=[torch.float64, torch.float32])
 def test_sin(customop):
     customop.check()
-''')
+""",
+    )
     result = run("-rs")
     # a refusal at every dtype: float64 asks before torch's gradgradcheck, float32 on its own derivatives
     result.assert_outcomes(passed=2, skipped=2)
@@ -318,7 +374,10 @@ def test_sin(customop):
 
 
 def test_backward_through_an_op_without_autograd_is_a_gradgrad_failure_that_says_why(pytester, ns, run):
-    write(pytester, ns, '''
+    write(
+        pytester,
+        ns,
+        """
 lib = torch.library.Library(NS, "FRAGMENT")
 lib.define("cos_kernel(Tensor x) -> Tensor")
 lib.impl("cos_kernel", lambda x: torch.cos(x.detach()), "CPU")  # no autograd formula
@@ -335,7 +394,8 @@ make_op("sin", sin, sin_backward)
 @pytest.mark.customop(f"{NS}::sin", samples=one_input, devices=["cpu"], checks=["gradcheck", "gradgradcheck"], dtypes=[torch.float64])
 def test_sin(customop):
     customop.check()
-'''.replace("{ns}", ns))
+""".replace("{ns}", ns),
+    )
     result = run("-v", "-W", "ignore::UserWarning")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(
@@ -347,7 +407,10 @@ def test_sin(customop):
 
 
 def test_op_without_autograd_formula_fails_with_that_diagnosis(pytester, ns, run):
-    write(pytester, ns, '''
+    write(
+        pytester,
+        ns,
+        """
 @torch.library.custom_op(f"{NS}::sin", mutates_args=())
 def sin(x: Tensor) -> Tensor:
     return x.sin()
@@ -356,7 +419,8 @@ def sin(x: Tensor) -> Tensor:
                       checks=["gradcheck"])
 def test_sin(customop):
     customop.check()
-''')
+""",
+    )
     result = run()
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines([f"*{ns}::sin has no autograd formula: *(register one with torch.library.register_autograd)"])
@@ -364,7 +428,10 @@ def test_sin(customop):
 
 
 def test_backward_that_raises_points_at_the_authors_line(pytester, ns, run):
-    write(pytester, ns, '''
+    write(
+        pytester,
+        ns,
+        """
 def sin(x: Tensor) -> Tensor:
     return x.sin()
 
@@ -378,14 +445,18 @@ make_op("sin", sin, broken)
                       checks=["gradcheck"])
 def test_sin(customop):
     customop.check()
-''')
+""",
+    )
     result = run()
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*backward raised RuntimeError: *", "*test_ops.py*, line *, in broken*"])
 
 
 def test_tensor_list_inputs_and_list_outputs_are_flattened(pytester, ns, run):
-    write(pytester, ns, '''
+    write(
+        pytester,
+        ns,
+        """
 @torch.library.custom_op(f"{NS}::scale_all", mutates_args=())
 def scale_all(xs: list[Tensor], scale: Tensor) -> list[Tensor]:
     return [x * scale for x in xs]
@@ -407,12 +478,16 @@ def samples(device, dtype, requires_grad):
 @pytest.mark.customop(scale_all, samples=samples, devices=["cpu"], checks=["gradcheck", "gradgradcheck"], dtypes=[torch.float64, torch.float32])
 def test_scale_all(customop):
     customop.check()
-''')
+""",
+    )
     run().assert_outcomes(passed=4)
 
 
 def test_wrong_grad_for_one_element_of_a_tensor_list_names_its_index(pytester, ns, run):
-    write(pytester, ns, '''
+    write(
+        pytester,
+        ns,
+        """
 @torch.library.custom_op(f"{NS}::scale_all", mutates_args=())
 def scale_all(xs: list[Tensor], scale: float) -> list[Tensor]:
     return [x * scale for x in xs]
@@ -432,14 +507,18 @@ def samples(device, dtype, requires_grad):
 @pytest.mark.customop(scale_all, samples=samples, devices=["cpu"], dtypes=[torch.float64], checks=["gradcheck"])
 def test_scale_all(customop):
     customop.check()
-''')
+""",
+    )
     result = run()
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["    gradient of input 'xs'[[]1[]]: *"])
 
 
 def test_fast_mode_is_chosen_by_size_and_failure_does_not_recompute_the_jacobian(pytester, ns, run):
-    write(pytester, ns, '''
+    write(
+        pytester,
+        ns,
+        """
 def sin(x: Tensor) -> Tensor:
     return x.sin()
 
@@ -455,14 +534,18 @@ def big(device, dtype, requires_grad):
 @pytest.mark.customop(f"{NS}::sin", samples=big, devices=["cpu"], dtypes=[torch.float64], checks=["gradcheck"])
 def test_sin(customop):
     customop.check()
-''')
+""",
+    )
     result = run()
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*gradient of input 'x' along a random direction: expected *, got * (backward)*[[]fast mode[]]"])
 
 
 def test_fast_mode_can_be_forced_off(pytester, ns, run):
-    write(pytester, ns, '''
+    write(
+        pytester,
+        ns,
+        """
 def sin(x: Tensor) -> Tensor:
     return x.sin()
 
@@ -481,7 +564,8 @@ def test_fast(customop):
                       checks=["gradcheck"], fast_mode=False)
 def test_slow(customop):
     customop.check()
-''')
+""",
+    )
     result = run()
     result.assert_outcomes(failed=2)
     result.stdout.fnmatch_lines(["*[[]fast mode[]]*", "*[[]slow mode[]]*"])
@@ -489,7 +573,11 @@ def test_slow(customop):
 
 def test_opinfo_sample_inputs_are_accepted(pytester, ns, run):
     pytest.importorskip("expecttest", reason="torch.testing's OpInfo SampleInput imports expecttest")
-    write(pytester, ns, CORRECT_MUL + '''
+    write(
+        pytester,
+        ns,
+        CORRECT_MUL
+        + """
 from torch.testing._internal.opinfo.core import SampleInput as OpInfoSampleInput
 
 make_op("mul", mul, mul_backward)
@@ -501,5 +589,6 @@ def opinfo_samples(device, dtype, requires_grad):
 @pytest.mark.customop(f"{NS}::mul", samples=opinfo_samples, devices=["cpu"], checks=["gradcheck", "gradgradcheck"], dtypes=[torch.float64])
 def test_mul(customop):
     customop.check()
-''')
+""",
+    )
     run().assert_outcomes(passed=2)

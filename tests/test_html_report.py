@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -160,11 +161,11 @@ def test_in_a_browser_a_failed_cell_opens_its_message_and_the_filter_hides_passe
         browser.click("label.filter")
         assert not browser.visible("tr.check-row.clean") and browser.visible("td.cell.failed")
         shot = browser.screenshot(str(tmp_path / "report.png"))
-    data = open(shot, "rb").read()
+    data = Path(shot).read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
 
 
-LOW_PRECISION_SUITE = '''
+LOW_PRECISION_SUITE = """
 import pytest
 import torch
 from torch.library import custom_op
@@ -194,7 +195,7 @@ def samples(device, dtype, requires_grad):
 @pytest.mark.customop(half_wrong, samples=samples, dtypes=["float64", "float32"], checks=["gradcheck"])
 def test_half_wrong(customop):
     customop.check()
-'''
+"""
 
 
 def test_a_low_precision_gradient_wrong_in_one_column_shows_it(pytester: pytest.Pytester, ns: str, run) -> None:

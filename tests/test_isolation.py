@@ -8,8 +8,8 @@ import signal
 
 import pytest
 import torch
-
 from customop_sources import write
+
 from pytest_customop.isolation import Crash, compiled_kernel, run_contained
 from pytest_customop.ops import resolve_op
 
@@ -44,7 +44,7 @@ def test_compiled_kernels_are_told_from_python_ones(ns):
     test_compiled_kernels_are_told_from_python_ones.lib = lib  # keep the registration alive
 
 
-CRASHING = '''
+CRASHING = """
 import os
 import signal
 
@@ -105,7 +105,7 @@ def pairs(device, dtype, requires_grad):
                       devices=["cpu"], options={"requires_grad_subsets": {"isolate": True}})
 def test_subsets_crash(customop):
     customop.check()
-'''
+"""
 
 
 @posix_only
@@ -114,12 +114,14 @@ def test_a_crashing_derived_sample_fails_its_item_and_the_session_goes_on(pytest
     write(pytester, ns, CRASHING)
     result = run("-v", *workers)
     result.assert_outcomes(passed=1, failed=2)
-    result.stdout.fnmatch_lines_random([
-        "    the forward and backward when only 'x' requires grad crashed the process with SIGABRT",
-        f"{ns}::segv_on_empty edge_shapes failed on cpu float64: 1 of 1 sample(s)",
-        "    on a proven edge (dimension 0, shared by 'x' and the output, sliced to 0), the forward crashed the process "
-        "with SIGSEGV",
-        "    derived sample: SampleInput(Tensor([[]0, 4[]], float64, cpu, requires_grad))",
-        "    on a proven edge (dimension 1, shared by 'x' and the output, sliced to 1), the backward crashed the process "
-        "with SIGABRT",
-    ])
+    result.stdout.fnmatch_lines_random(
+        [
+            "    the forward and backward when only 'x' requires grad crashed the process with SIGABRT",
+            f"{ns}::segv_on_empty edge_shapes failed on cpu float64: 1 of 1 sample(s)",
+            "    on a proven edge (dimension 0, shared by 'x' and the output, sliced to 0), the forward crashed the process "
+            "with SIGSEGV",
+            "    derived sample: SampleInput(Tensor([[]0, 4[]], float64, cpu, requires_grad))",
+            "    on a proven edge (dimension 1, shared by 'x' and the output, sliced to 1), the backward crashed the process "
+            "with SIGABRT",
+        ]
+    )

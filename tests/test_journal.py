@@ -5,6 +5,7 @@ Ctrl-C or a process that dies; the report of a run that never finished is rebuil
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from report_suite import double_op
@@ -18,7 +19,9 @@ def _results(path) -> dict[str, dict]:
 
 
 def test_stopped_by_x_and_interrupted_runs_list_every_collected_item(pytester: pytest.Pytester, ns: str, run) -> None:
-    pytester.makepyfile(double_op(ns) + f'''
+    pytester.makepyfile(
+        double_op(ns)
+        + f"""
 
 @pytest.mark.customop(double, samples=samples, dtypes={DTYPES}, checks={CHECKS})
 def test_double(customop, customop_dtype, request):
@@ -30,7 +33,8 @@ def test_double(customop, customop_dtype, request):
 
 def test_other():  # not a customop item: not in the report
     pass
-''')
+"""
+    )
     # -x: the run stops at the second item; the other two are in the report, not run
     result = run("-x", "--customop-report=json:stopped.json", "-k", "double")
     result.assert_outcomes(passed=1, failed=1, deselected=1)
@@ -46,15 +50,23 @@ def test_other():  # not a customop item: not in the report
     assert not (pytester.path / "stopped.json.journal").exists()  # every report written: the journal is gone
 
     # Ctrl-C in the third item: the report says the run was interrupted, and which items did not run
-    result = pytester.runpytest("-p", "no:cacheprovider", "--customop-report=json:interrupted.json",
-                                "--customop-report=md:interrupted.md", no_reraise_ctrlc=True)
+    result = pytester.runpytest(
+        "-p",
+        "no:cacheprovider",
+        "--customop-report=json:interrupted.json",
+        "--customop-report=md:interrupted.md",
+        no_reraise_ctrlc=True,
+    )
     assert result.ret == pytest.ExitCode.INTERRUPTED
     rows = _results(pytester.path / "interrupted.json")
     assert len(rows) == 4
     assert [rows[f"cpu-float64-{c}"]["outcome"] for c in ("gradcheck", "gradgradcheck")] == ["passed", "passed"]
     assert rows["cpu-float32-gradcheck"]["message"] == "not run to the end: interrupted (KeyboardInterrupt)"
     assert rows["cpu-float32-gradgradcheck"]["message"] == "not run: interrupted (KeyboardInterrupt)"
-    assert r"the run was interrupted \(KeyboardInterrupt\): 2 of 4 item\(s\) not run" in (pytester.path / "interrupted.md").read_text()
+    assert (
+        r"the run was interrupted \(KeyboardInterrupt\): 2 of 4 item\(s\) not run"
+        in (pytester.path / "interrupted.md").read_text()
+    )
 
     # --collect-only and --customop-list leave the earlier reports alone
     before = (pytester.path / "stopped.json").read_text()
@@ -66,7 +78,9 @@ def test_other():  # not a customop item: not in the report
 
 
 def test_a_process_that_dies_leaves_a_journal_the_report_is_rebuilt_from(pytester: pytest.Pytester, ns: str) -> None:
-    pytester.makepyfile(double_op(ns) + f'''
+    pytester.makepyfile(
+        double_op(ns)
+        + f"""
 import os
 
 @pytest.mark.customop(double, samples=samples, dtypes={DTYPES}, checks={CHECKS})
@@ -74,8 +88,11 @@ def test_double(customop, customop_dtype):
     if customop_dtype == torch.float32:
         os.abort()  # as a C++ kernel's segfault: no Python code runs after it
     customop.check()
-''')
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--customop-seed=1234", "--customop-report=json:out/report.json")
+"""
+    )
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--customop-seed=1234", "--customop-report=json:out/report.json"
+    )
     assert result.ret != 0
     assert not (pytester.path / "out" / "report.json").exists()
     journal = pytester.path / "out" / "report.json.journal"
@@ -84,16 +101,25 @@ def test_double(customop, customop_dtype):
     assert [line["outcome"] for line in lines if line["kind"] == "result"] == ["passed", "passed"]
 
     rebuilt = pytester.runpytest_subprocess(
-        "-p", "no:cacheprovider", f"--customop-report-from-journal={journal}", "--customop-report=json:rebuilt.json",
+        "-p",
+        "no:cacheprovider",
+        f"--customop-report-from-journal={journal}",
+        "--customop-report=json:rebuilt.json",
         "--customop-report",
     )
     assert rebuilt.ret == 0, rebuilt.stdout.str()
-    rebuilt.stdout.fnmatch_lines(["customop report (json) written to *rebuilt.json", "*2 passed, 1 skipped, 1 error in 4 item(s)*"])
+    rebuilt.stdout.fnmatch_lines(
+        ["customop report (json) written to *rebuilt.json", "*2 passed, 1 skipped, 1 error in 4 item(s)*"]
+    )
     document = json.loads((pytester.path / "rebuilt.json").read_text())
     rows = _results(pytester.path / "rebuilt.json")
     assert rows["cpu-float32-gradcheck"]["outcome"] == "error"
     assert rows["cpu-float32-gradcheck"]["message"].startswith("crashed: the process ended while this item ran")
-    assert rows["cpu-float32-gradgradcheck"] == {**rows["cpu-float32-gradgradcheck"], "outcome": "skipped", "message": "not run: the run never finished"}
+    assert rows["cpu-float32-gradgradcheck"] == {
+        **rows["cpu-float32-gradgradcheck"],
+        "outcome": "skipped",
+        "message": "not run: the run never finished",
+    }
     assert document["seed"] == 1234 and "cpu" in document["devices"]
     assert any("the run never finished" in w and str(journal) in w for w in document["warnings"])
 
@@ -114,14 +140,17 @@ def test_double(customop, customop_dtype):
 
 
 def test_under_xdist_the_controller_journals_and_every_item_is_reported(pytester: pytest.Pytester, ns: str, run) -> None:
-    pytester.makepyfile(double_op(ns) + f'''
+    pytester.makepyfile(
+        double_op(ns)
+        + f"""
 
 @pytest.mark.customop(double, samples=samples, dtypes={DTYPES}, checks={CHECKS})
 def test_double(customop, customop_dtype):
     if customop_dtype == torch.float64 and customop.check_name == "gradcheck":
         pytest.fail("the failure -x stops at")
     customop.check()
-''')
+"""
+    )
     result = run("-n", "2", "-x", "--customop-report=json:report.json")
     assert result.ret != 0
     rows = _results(pytester.path / "report.json")
@@ -143,7 +172,7 @@ def test_a_journal_cut_short_mid_line_is_read_up_to_its_last_whole_line(tmp_path
     journal.record("result", nodeid="t.py::a[x]", **meta, outcome="passed", message="", duration_s=0.5, samples=None)
     journal.record("start", nodeid="t.py::b[x]")
     journal.close(remove=False)
-    text = open(path).read() + '{"kind": "result", "nodeid": "t.py::b'  # the process died writing this line
+    text = Path(path).read_text() + '{"kind": "result", "nodeid": "t.py::b'  # the process died writing this line
     assert is_journal(text[:4096]) and not is_journal('{"version": 1, "results": []}')
     report = report_from_journal_text(path, text)
     assert [(r.nodeid, r.outcome) for r in report.rows] == [("t.py::a[x]", "passed"), ("t.py::b[x]", "error")]

@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-HEADER = '''
+HEADER = """
 from typing import List
 
 import pytest, torch
@@ -28,7 +28,7 @@ def define_scale(name):
     return scale
 
 save_inputs = lambda inputs, output: inputs
-'''
+"""
 
 
 def write(pytester: pytest.Pytester, ns: str, body: str) -> None:
@@ -36,7 +36,10 @@ def write(pytester: pytest.Pytester, ns: str, body: str) -> None:
 
 
 def test_correct_dict_backwards_pass_in_each_saving_style(pytester, ns, run):
-    write(pytester, ns, '''
+    write(
+        pytester,
+        ns,
+        """
 # the legacy contract: save_for_backward(inputs, output) and backward(ctx, saved, *grads)
 legacy_style = define_scale("legacy_style")
 register_dict_backward(
@@ -89,16 +92,22 @@ def test_both_ways_of_saving_is_refused():
     with pytest.raises(TypeError, match="not both"):
         register_dict_backward(legacy_style, lambda ctx, saved, g: {}, save_for_backward=save_inputs,
                                setup_context=lambda ctx, inputs, output: None)
-''')
+""",
+    )
     result = run("-s", "-v")
     result.assert_outcomes(passed=6)
-    result.stdout.fnmatch_lines([
-        "*NOTE: backward: <lambda> (test_ops.py:*), registered with pytest_customop.register_dict_backward",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*NOTE: backward: <lambda> (test_ops.py:*), registered with pytest_customop.register_dict_backward",
+        ]
+    )
 
 
 def test_wrong_dicts_are_named_in_grad_keys_and_in_plain_use(pytester, ns, run):
-    write(pytester, ns, '''
+    write(
+        pytester,
+        ns,
+        """
 misspelt = define_scale("misspelt")
 register_dict_backward(
     misspelt, lambda ctx, saved, g: {"x": g * saved.y * saved.alpha, "z": g * saved.x * saved.alpha},
@@ -135,14 +144,17 @@ def test_plain_use_raises_naming_the_key():
     with pytest.raises(GradientValidationError) as info:
         misspelt(x, y, 2.0).sum().backward()
     assert [p.input_name for p in info.value.problems] == ["y", None]
-''')
+""",
+    )
     result = run()
     result.assert_outcomes(failed=3, passed=1)
-    result.stdout.fnmatch_lines([
-        f"    {ns}::misspelt: the dict returned by backward has no key 'y': expected keys {{'x', 'y'}}*, got {{'x', 'z'}}",
-        f"    {ns}::misspelt: the dict returned by backward has an extra key 'z' ({ns}::misspelt has no input 'z')*",
-        f"    {ns}::wrong_shape: the gradient for input 'x' has shape [[]2, 3[]], larger than the input's [[]3[]]: "
-        "relies on the engine to reduce [[]2, 3[]] to [[]3[]] (the marker asks strict_grad_shapes=True)",
-        f"    {ns}::not_a_dict: backward must return a dict keyed by input name (the legacy contract), expected keys "
-        "{'x', 'y'}, got a tuple of 3",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            f"    {ns}::misspelt: the dict returned by backward has no key 'y': expected keys {{'x', 'y'}}*, got {{'x', 'z'}}",
+            f"    {ns}::misspelt: the dict returned by backward has an extra key 'z' ({ns}::misspelt has no input 'z')*",
+            f"    {ns}::wrong_shape: the gradient for input 'x' has shape [[]2, 3[]], larger than the input's [[]3[]]: "
+            "relies on the engine to reduce [[]2, 3[]] to [[]3[]] (the marker asks strict_grad_shapes=True)",
+            f"    {ns}::not_a_dict: backward must return a dict keyed by input name (the legacy contract), expected keys "
+            "{'x', 'y'}, got a tuple of 3",
+        ]
+    )

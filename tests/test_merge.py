@@ -16,7 +16,7 @@ from pytest_customop.report import cli
 from pytest_customop.report.merge import InputError, merge_runs, read_inputs
 from pytest_customop.report.model import Report, Row
 
-SUITE = '''
+SUITE = """
 import os
 
 import pytest
@@ -56,7 +56,7 @@ def test_scale(customop):
 @pytest.mark.customop(double, samples=samples, dtypes=["float64", "float32"], checks=["gradcheck", "gradgradcheck"])
 def test_double(customop):
     customop.check()
-'''
+"""
 
 
 @pytest.fixture
@@ -96,8 +96,20 @@ def test_two_runs_of_different_dtypes_fill_one_matrix(make_report, ns: str, caps
     assert set(_cells(matrix).values()) == {"passed"} and len(matrix.cells) == 8
 
     out = tmp_path / "out"
-    status = cli.main(["merge", str(wide), str(narrow), "--md", str(out / "m.md"), "--html", str(out / "m.html"),
-                       "--json", str(out / "m.json"), "--color=no"])
+    status = cli.main(
+        [
+            "merge",
+            str(wide),
+            str(narrow),
+            "--md",
+            str(out / "m.md"),
+            "--html",
+            str(out / "m.html"),
+            "--json",
+            str(out / "m.json"),
+            "--color=no",
+        ]
+    )
     assert status == 0
     printed = capsys.readouterr().out.splitlines()
     assert "customop report merged from 2 run(s)" in printed
@@ -131,12 +143,26 @@ def test_the_same_cells_from_two_machines_show_both_and_mark_the_conflict(make_r
     assert matrix.labels == ["A", "B"]
     conflicts = {(op, check, column): cell.outcome_by_label() for op, check, column, cell in matrix.conflicts()}
     # wrong at every dtype: float32's reference is proven against finite differences too, so both disagree
-    assert conflicts == {(f"{ns}::scale", "gradcheck", column): {"A": "passed", "B": "failed"} for column in ("cpu/float64", "cpu/float32")}
+    assert conflicts == {
+        (f"{ns}::scale", "gradcheck", column): {"A": "passed", "B": "failed"} for column in ("cpu/float64", "cpu/float32")
+    }
     # the wrong backward is linear: its double backward agrees, no conflict there
     assert not matrix.cell(f"{ns}::scale", "gradgradcheck", "cpu/float64").conflict
 
-    status = cli.main(["merge", str(good), str(bad), "--color=no", "--md", str(tmp_path / "c.md"),
-                       "--json", str(tmp_path / "c.json"), "--html", str(tmp_path / "c.html")])
+    status = cli.main(
+        [
+            "merge",
+            str(good),
+            str(bad),
+            "--color=no",
+            "--md",
+            str(tmp_path / "c.md"),
+            "--json",
+            str(tmp_path / "c.json"),
+            "--html",
+            str(tmp_path / "c.html"),
+        ]
+    )
     assert status == 1  # a failure and conflicts
     printed = capsys.readouterr().out
     assert "  A  cpu: " in printed and "B  cpu: Xeon; cuda:0: NVIDIA H200; torch 2.15.0+cu128 (CUDA 12.8)" in printed
@@ -149,8 +175,13 @@ def test_the_same_cells_from_two_machines_show_both_and_mark_the_conflict(make_r
     assert "| gradcheck | **CONFLICT ✅ passed@A ❌ \\*\\*FAILED\\*\\*@B** |" in markdown
     assert f"- `{ns}::scale` gradcheck cpu/float64: passed in A, failed in B" in markdown
     document = json.loads((tmp_path / "c.json").read_text())
-    assert document["conflicts"][0] == {"op": f"{ns}::scale", "check": "gradcheck", "device": "cpu", "dtype": "float64",
-                                        "outcomes": {"A": "passed", "B": "failed"}}
+    assert document["conflicts"][0] == {
+        "op": f"{ns}::scale",
+        "check": "gradcheck",
+        "device": "cpu",
+        "dtype": "float64",
+        "outcomes": {"A": "passed", "B": "failed"},
+    }
     assert document["runs"][1]["environment"]["devices"]["cuda:0"] == "NVIDIA H200"
     page = (tmp_path / "c.html").read_text()
     assert page.count('class="cell failed conflict"') == 2
@@ -198,9 +229,27 @@ def test_bad_inputs_are_named(tmp_path, capsys) -> None:
 
 
 def test_version_1_reports_are_read(tmp_path) -> None:
-    document = {"version": 1, "torch": "2.4.0", "seed": 7, "devices": ["cpu"], "coverage": [], "warnings": [],
-                "results": [{"op": "a::b", "check": "gradcheck", "device": "cpu", "dtype": "float64", "outcome": "passed",
-                             "message": "", "duration_s": 0.1, "nodeid": "t.py::t", "samples": None}]}
+    document = {
+        "version": 1,
+        "torch": "2.4.0",
+        "seed": 7,
+        "devices": ["cpu"],
+        "coverage": [],
+        "warnings": [],
+        "results": [
+            {
+                "op": "a::b",
+                "check": "gradcheck",
+                "device": "cpu",
+                "dtype": "float64",
+                "outcome": "passed",
+                "message": "",
+                "duration_s": 0.1,
+                "nodeid": "t.py::t",
+                "samples": None,
+            }
+        ],
+    }
     (tmp_path / "old.json").write_text(json.dumps(document))
     (run,) = read_inputs([str(tmp_path / "old.json")])
     assert run.environment == {"torch": "2.4.0"} and run.seed == 7 and run.rows[0].outcome == "passed"

@@ -14,8 +14,19 @@ import pytest
 from report_suite import double_op, suite
 
 REPORT_FIELDS = {
-    "op", "check", "device", "dtype", "outcome", "message", "duration_s", "nodeid", "samples",
-    "ran_on", "device_name", "details", "heatmap",
+    "op",
+    "check",
+    "device",
+    "dtype",
+    "outcome",
+    "message",
+    "duration_s",
+    "nodeid",
+    "samples",
+    "ran_on",
+    "device_name",
+    "details",
+    "heatmap",
 }
 
 
@@ -247,7 +258,7 @@ def test_html_file_is_self_contained_and_escaped(pytester: pytest.Pytester, ns: 
     parser = _HTMLTable()
     parser.feed(text)
     assert "script" not in parser.tags
-    matrix = parser.cells[parser.cells.index("check"):]  # after the environments table
+    matrix = parser.cells[parser.cells.index("check") :]  # after the environments table
     assert len(matrix) == 4 and (matrix[0], matrix[2]) == ("check", "gradcheck")
     assert matrix[1].startswith("cpu/float64A: cpu") and re.fullmatch(r"FAILED(<1 ms|\d+ ms|[\d.]+ s)", matrix[3])
 

@@ -14,7 +14,9 @@ from report_suite import double_op
 
 def test_reports_are_written_each_on_its_own_and_safely(pytester: pytest.Pytester, ns: str, run, monkeypatch) -> None:
     monkeypatch.setenv("COLUMNS", "300")
-    pytester.makepyfile(double_op(ns) + '''
+    pytester.makepyfile(
+        double_op(ns)
+        + """
 
 @pytest.mark.customop(double, samples=samples, dtypes=["float64"], checks=["gradcheck"])
 def test_double(customop):
@@ -27,7 +29,8 @@ def test_loud(customop):
     shutil.rmtree("gone")
     open("gone", "w").close()
     pytest.fail("\\x1b[31mred text\\x1b[0m, a bell\\x07 and a lone surrogate \\udcff")
-''')
+"""
+    )
     (pytester.path / "gone").mkdir()
     (pytester.path / "real").mkdir()
     (pytester.path / "real" / "report.json").write_text("old")
@@ -40,8 +43,12 @@ def test_loud(customop):
     reader.start()
 
     result = run(
-        "--customop-report=json:link.json", "--customop-report=md:gone/report.md", "--customop-report=html:page.html",
-        f"--customop-report=md:{fifo}", "--customop-report", "--junitxml=junit.xml",
+        "--customop-report=json:link.json",
+        "--customop-report=md:gone/report.md",
+        "--customop-report=html:page.html",
+        f"--customop-report=md:{fifo}",
+        "--customop-report",
+        "--junitxml=junit.xml",
     )
     reader.join(timeout=30)
     if reader.is_alive():  # the fifo was replaced, not written: unblock the reader before failing
@@ -50,14 +57,18 @@ def test_loud(customop):
         pytest.fail("the fifo report was not written in place")
     result.assert_outcomes(passed=1, failed=1)
     # the failing file: a warning naming it, a red line, and the journal kept to rebuild it
-    result.stdout.fnmatch_lines([
-        "*PytestWarning: pytest-customop: could not write the md report to */gone/report.md: *",
-    ])
-    result.stdout.fnmatch_lines([
-        "customop report (json) written to */link.json",
-        "customop report (md) NOT written to */gone/report.md: *",
-        "customop journal kept at *real/report.json.journal: rebuild with pytest --customop-report-from-journal=*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*PytestWarning: pytest-customop: could not write the md report to */gone/report.md: *",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "customop report (json) written to */link.json",
+            "customop report (md) NOT written to */gone/report.md: *",
+            "customop journal kept at *real/report.json.journal: rebuild with pytest --customop-report-from-journal=*",
+        ]
+    )
     # the symlink stays a link, its target has the report and keeps its mode
     assert (pytester.path / "link.json").is_symlink()
     document = json.loads((pytester.path / "real" / "report.json").read_text())
@@ -78,9 +89,14 @@ def test_loud(customop):
 def test_report_targets_that_are_usage_errors(pytester: pytest.Pytester) -> None:
     pytester.makepyfile("def test_nothing():\n    pass\n")
     for args, message in [
-        (["--customop-report=json:newdir/"], "*--customop-report=json:newdir/: the path ends with a slash, so it names a folder; give a file path such as newdir/report.json*"),
-        (["--customop-report=json:r.txt", "--customop-report=md:./r.txt"],
-         "*--customop-report=md:./r.txt: */r.txt is also given by --customop-report=json:r.txt; one file holds one report*"),
+        (
+            ["--customop-report=json:newdir/"],
+            "*--customop-report=json:newdir/: the path ends with a slash, so it names a folder; give a file path such as newdir/report.json*",
+        ),
+        (
+            ["--customop-report=json:r.txt", "--customop-report=md:./r.txt"],
+            "*--customop-report=md:./r.txt: */r.txt is also given by --customop-report=json:r.txt; one file holds one report*",
+        ),
     ]:
         result = pytester.runpytest("-p", "no:cacheprovider", *args)
         assert result.ret == pytest.ExitCode.USAGE_ERROR

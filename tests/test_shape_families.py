@@ -22,9 +22,11 @@ def test_edge_bugs_in_those_ops_fail_edge_shapes_alone_naming_the_relation(pytes
     result = run("-rf")
     failed = sorted(line.split("::")[1].split(" ")[0] for line in result.stdout.lines if line.startswith("FAILED test_ops.py"))
     assert failed == sorted(f"test_{name}[cpu-{dtype}-edge_shapes]" for name, _, _ in BUGS for dtype in ("float64", "float32"))
-    result.stdout.fnmatch_lines_random([
-        "    on a proven edge (dimension 0, shared by 'rois' and the output, sliced to 0), the backward raised RuntimeError: "
-        "max(): Expected reduction dim to be specified for input.numel() == 0*",
-        "    on a proven edge (dimension 0, shared by 'x' and the output, sliced to 0), the backward raised RuntimeError: "
-        "cannot reshape tensor of 0 elements into shape [[]0, -1[]]*",
-    ])
+    result.stdout.fnmatch_lines_random(
+        [
+            "    on a proven edge (dimension 0, shared by 'rois' and the output, sliced to 0), the backward raised RuntimeError: "
+            "max(): Expected reduction dim to be specified for input.numel() == 0*",
+            "    on a proven edge (dimension 0, shared by 'x' and the output, sliced to 0), the backward raised RuntimeError: "
+            "cannot reshape tensor of 0 elements into shape [[]0, -1[]]*",
+        ]
+    )

@@ -88,29 +88,38 @@ def _no_interpreter_from_outside(monkeypatch):
 
 
 def test_a_correct_triton_op_passes_through_the_interpreter(pytester, ns, run):
-    write(pytester, ns, '''
+    write(
+        pytester,
+        ns,
+        """
 define_mul("mul")
 
 @pytest.mark.customop(f"{NS}::mul", samples=pair, dtypes=[torch.float64],
                       checks=["gradcheck", "grad_keys", "noncontiguous", "opcheck", "compile"])
 def test_mul(customop):
     customop.check()
-''')
+""",
+    )
     result = run("-v", "-rs", "-p", "no:logging", "--customop-triton-interpret")
     result.assert_outcomes(passed=4, skipped=1)
-    result.stdout.fnmatch_lines_random([
-        "customop: torch *, Triton interpreter on (TRITON_INTERPRET), seed=*",
-        "*test_mul[[]cpu-float64-gradcheck[]] PASSED*",
-        "*test_mul[[]cpu-float64-grad_keys[]] PASSED*",
-        "*test_mul[[]cpu-float64-noncontiguous[]] PASSED*",
-        "*test_mul[[]cpu-float64-opcheck[]] PASSED*",  # test_schema and test_autograd_registration
-        f"*torch.compile traces with fake tensors: {ns}::mul is a triton_op and Triton's interpreter is on*",
-    ])
+    result.stdout.fnmatch_lines_random(
+        [
+            "customop: torch *, Triton interpreter on (TRITON_INTERPRET), seed=*",
+            "*test_mul[[]cpu-float64-gradcheck[]] PASSED*",
+            "*test_mul[[]cpu-float64-grad_keys[]] PASSED*",
+            "*test_mul[[]cpu-float64-noncontiguous[]] PASSED*",
+            "*test_mul[[]cpu-float64-opcheck[]] PASSED*",  # test_schema and test_autograd_registration
+            f"*torch.compile traces with fake tensors: {ns}::mul is a triton_op and Triton's interpreter is on*",
+        ]
+    )
     assert "TRITON_INTERPRET" not in os.environ  # the run left the environment as it found it
 
 
 def test_a_kernel_that_ignores_strides_fails_noncontiguous(pytester, ns, run):
-    write(pytester, ns, '''
+    write(
+        pytester,
+        ns,
+        """
 define_mul("flat_forward", forward_contiguous=False)
 define_mul("flat_backward", backward_contiguous=False)
 define_mul("flat_grad", grad_contiguous=False)  # only grad_output read flat
@@ -126,24 +135,30 @@ def test_flat_backward(customop):
 @pytest.mark.customop(f"{NS}::flat_grad", samples=pair, dtypes=[torch.float64], checks=["gradcheck", "noncontiguous"])
 def test_flat_grad(customop):
     customop.check()
-''')
+""",
+    )
     result = run("-v", "-p", "no:logging", "--customop-triton-interpret")
     # gradcheck's contiguous inputs and grad_outputs cannot see it; noncontiguous does, in each direction
     result.assert_outcomes(passed=3, failed=3)
-    result.stdout.fnmatch_lines_random([
-        "*test_flat_forward[[]cpu-float64-gradcheck[]] PASSED*",
-        "*test_flat_backward[[]cpu-float64-gradcheck[]] PASSED*",
-        "*test_flat_grad[[]cpu-float64-gradcheck[]] PASSED*",
-        f"*{ns}::flat_forward noncontiguous failed on cpu float64: 1 of 1 sample(s)*",
-        "*output 0 differs on non-contiguous inputs ('x' strides (2, 6), 'y' strides (2, 6)): * got nan (non-contiguous)*",
-        f"*{ns}::flat_backward noncontiguous failed on cpu float64: 1 of 1 sample(s)*",
-        f"*{ns}::flat_grad noncontiguous failed on cpu float64: 1 of 1 sample(s)*",
-        "*gradient of input 'x' differs on non-contiguous inputs (*) with a grad_output *: *",
-    ])
+    result.stdout.fnmatch_lines_random(
+        [
+            "*test_flat_forward[[]cpu-float64-gradcheck[]] PASSED*",
+            "*test_flat_backward[[]cpu-float64-gradcheck[]] PASSED*",
+            "*test_flat_grad[[]cpu-float64-gradcheck[]] PASSED*",
+            f"*{ns}::flat_forward noncontiguous failed on cpu float64: 1 of 1 sample(s)*",
+            "*output 0 differs on non-contiguous inputs ('x' strides (2, 6), 'y' strides (2, 6)): * got nan (non-contiguous)*",
+            f"*{ns}::flat_backward noncontiguous failed on cpu float64: 1 of 1 sample(s)*",
+            f"*{ns}::flat_grad noncontiguous failed on cpu float64: 1 of 1 sample(s)*",
+            "*gradient of input 'x' differs on non-contiguous inputs (*) with a grad_output *: *",
+        ]
+    )
 
 
 def test_what_the_interpreter_cannot_run_is_a_skip_quoting_triton(pytester, ns, run):
-    write(pytester, ns, '''
+    write(
+        pytester,
+        ns,
+        """
 @triton.jit
 def asm_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
     offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -186,41 +201,58 @@ broken.register_autograd(lambda ctx, grad: grad)
 @pytest.mark.customop(broken, samples=one, dtypes=[torch.float32], checks=["grad_keys"])
 def test_broken(customop):
     customop.check()
-''')
+""",
+    )
     result = run("-rs", "-p", "no:logging", "--customop-triton-interpret")
     result.assert_outcomes(skipped=2, failed=1)
     result.stdout.fnmatch_lines(["*forward raised InterpreterError: ValueError(*"])
-    result.stdout.fnmatch_lines([
-        ("*Triton's interpreter does not support a feature this kernel uses (*InterpreterError: "
-         "NotImplementedError('inline_asm not supported in interpreter mode')*): not a failure of the op; "
-         "run this check on a GPU*"),
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            (
+                "*Triton's interpreter does not support a feature this kernel uses (*InterpreterError: "
+                "NotImplementedError('inline_asm not supported in interpreter mode')*): not a failure of the op; "
+                "run this check on a GPU*"
+            ),
+        ]
+    )
 
 
 def test_without_the_interpreter_cpu_items_skip_saying_how_to_turn_it_on(pytester, ns, run):
-    write(pytester, ns, '''
+    write(
+        pytester,
+        ns,
+        """
 define_mul("mul")
 
 @pytest.mark.customop(f"{NS}::mul", samples=pair, dtypes=[torch.float64], checks=["gradcheck"])
 def test_mul(customop):
     customop.check()
-''')
+""",
+    )
     result = run("-rs", "-p", "no:logging")
     result.assert_outcomes(skipped=1)
-    result.stdout.fnmatch_lines([
-        ("*a Triton kernel was launched on CPU tensors with Triton's interpreter off (*): run with "
-         "--customop-triton-interpret (or ini customop_triton_interpret = true, or TRITON_INTERPRET=1)*"),
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            (
+                "*a Triton kernel was launched on CPU tensors with Triton's interpreter off (*): run with "
+                "--customop-triton-interpret (or ini customop_triton_interpret = true, or TRITON_INTERPRET=1)*"
+            ),
+        ]
+    )
 
 
 def test_the_ini_key_turns_the_interpreter_on_and_an_explicit_variable_wins(pytester, ns, run, monkeypatch):
-    write(pytester, ns, '''
+    write(
+        pytester,
+        ns,
+        """
 define_mul("mul")
 
 @pytest.mark.customop(f"{NS}::mul", samples=pair, dtypes=[torch.float64], checks=["grad_keys"])
 def test_mul(customop):
     customop.check()
-''')
+""",
+    )
     pytester.makeini("[pytest]\ncustomop_triton_interpret = true\n")
     run("-p", "no:logging").assert_outcomes(passed=1)
     assert "TRITON_INTERPRET" not in os.environ
@@ -233,13 +265,15 @@ def test_mul(customop):
 def test_the_bundled_triton_example_passes_through_the_interpreter(pytester, run):
     for name in ("triton_ops.py", "test_triton_ops.py"):
         shutil.copy(EXAMPLES / name, pytester.path / name)
-    result = run("-rs", "-p", "no:logging", "--customop-triton-interpret", "-k", "cpu and float64 and (grad_keys or noncontiguous)")
+    result = run(
+        "-rs", "-p", "no:logging", "--customop-triton-interpret", "-k", "cpu and float64 and (grad_keys or noncontiguous)"
+    )
     result.assert_outcomes(passed=4)  # scaled_mul and its backward op
 
 
 def test_without_triton_the_triton_items_skip_with_the_reason(pytester):
     """triton hidden by an import blocker (in a subprocess: this process has triton imported)."""
-    pytester.makeconftest('''
+    pytester.makeconftest("""
 import sys
 
 class _NoTriton:
@@ -249,10 +283,11 @@ class _NoTriton:
         return None
 
 sys.meta_path.insert(0, _NoTriton())
-''')
+""")
     for name in ("triton_ops.py", "test_triton_ops.py"):
         shutil.copy(EXAMPLES / name, pytester.path / name)
-    pytester.makepyfile(test_plain='''
+    pytester.makepyfile(
+        test_plain="""
 import pytest, torch
 from pytest_customop import SampleInput
 
@@ -271,17 +306,23 @@ def one(device, dtype, requires_grad):
 @pytest.mark.customop(Double, samples=one, dtypes=[torch.float64], checks=["gradcheck"])
 def test_double(customop):
     customop.check()
-''')
+"""
+    )
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rs", "--customop-triton-interpret")
     result.assert_outcomes(passed=1, skipped=1)
-    result.stdout.fnmatch_lines([
-        "SKIPPED [[]1[]] test_triton_ops.py:*: the Triton example needs triton: pip install 'pytest-customop[[]triton[]]'",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "SKIPPED [[]1[]] test_triton_ops.py:*: the Triton example needs triton: pip install 'pytest-customop[[]triton[]]'",
+        ]
+    )
 
 
 def test_under_xdist_workers_run_triton_through_the_interpreter(pytester, ns):
     """The option is resolved on the controller and on each worker, before any test module is imported."""
-    write(pytester, ns, '''
+    write(
+        pytester,
+        ns,
+        """
 define_mul("mul")
 define_mul("flat_forward", forward_contiguous=False)
 
@@ -309,12 +350,17 @@ def test_flat_forward(customop):
 @pytest.mark.customop(AlphaGrad, samples=scaled, dtypes=[torch.float64], checks=["grad_keys"])
 def test_alpha(customop):
     customop.check()
-''')
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", "--customop-seed=3", "--customop-triton-interpret")
+""",
+    )
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-n", "2", "--customop-seed=3", "--customop-triton-interpret"
+    )
     result.assert_outcomes(passed=2, failed=2)
-    result.stdout.fnmatch_lines_random([
-        "*FAILED test_triton_ops.py::test_flat_forward[[]cpu-float64-noncontiguous[]]*",
-        f"{ns}::flat_forward noncontiguous failed on cpu float64: 1 of 1 sample(s)",
-        "*FAILED test_triton_ops.py::test_alpha[[]cpu-float64-grad_keys[]]*",
-        "*test_triton_ops.AlphaGrad: the gradient for input 'alpha' (float): expected None (not a tensor)*",
-    ])
+    result.stdout.fnmatch_lines_random(
+        [
+            "*FAILED test_triton_ops.py::test_flat_forward[[]cpu-float64-noncontiguous[]]*",
+            f"{ns}::flat_forward noncontiguous failed on cpu float64: 1 of 1 sample(s)",
+            "*FAILED test_triton_ops.py::test_alpha[[]cpu-float64-grad_keys[]]*",
+            "*test_triton_ops.AlphaGrad: the gradient for input 'alpha' (float): expected None (not a tensor)*",
+        ]
+    )

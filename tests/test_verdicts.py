@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-HEADER = '''
+HEADER = """
 import pytest, torch
 from torch import Tensor
 from pytest_customop import SampleInput
@@ -22,7 +22,7 @@ def make_op(name, fwd, bwd, save=None):
         ctx.save_for_backward(*[i for i in inputs if isinstance(i, Tensor)])
     op.register_autograd(bwd, setup_context=save or setup_context)
     return op
-'''
+"""
 
 # The three markers every behaviour is tried at.
 MARKERS = [
@@ -38,7 +38,7 @@ def write(pytester: pytest.Pytester, ns: str, body: str) -> None:
 
 # -- point 4: tolerances that follow the gradient's scale ---------------------------------------------
 
-RMS_NORM = '''
+RMS_NORM = """
 def rms_norm(x: Tensor) -> Tensor:
     # accumulates in float32 (at least), as kernels do
     xf = x.to(torch.promote_types(x.dtype, torch.float32))
@@ -62,11 +62,15 @@ def accumulates_in_input_dtype(ctx, grad):
 def big_rows(device, dtype, requires_grad):
     # rms ~500: every element of the gradient is below 1e-2 (float16's old atol)
     yield SampleInput((torch.randn(4, 64, device=device) * 500).to(dtype).requires_grad_(requires_grad))
-'''
+"""
 
 
 def test_float16_gradient_collapsed_to_zeros_fails_though_its_elements_are_small(pytester, ns, run):
-    write(pytester, ns, RMS_NORM + '''
+    write(
+        pytester,
+        ns,
+        RMS_NORM
+        + """
 make_op("rms_wrong", rms_norm, accumulates_in_input_dtype)
 make_op("rms_right", rms_norm, accumulates_in_float32)
 
@@ -79,18 +83,21 @@ def test_wrong(customop):
                       dtypes=[torch.float64, torch.float32, torch.float16, torch.bfloat16], checks=["gradcheck"])
 def test_right(customop):
     customop.check()
-''')
+""",
+    )
     result = run("-v")
     result.assert_outcomes(failed=1, passed=4)
-    result.stdout.fnmatch_lines([
-        "*test_wrong[[]cpu-float16-gradcheck[]] FAILED*",
-        "    gradient of input 'x' at float16 differs from *: * of 256 element(s) differ; worst at index (*): "
-        "expected *0.00*, got *0 (float16); abs err 0.00*, rel err 1 "
-        "(allowed: atol 1e-05 + rtol 0.01 * |expected| + 0.01 * max|expected| = * here) [[]reference: float64 derivatives of the same input values, proven*]",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*test_wrong[[]cpu-float16-gradcheck[]] FAILED*",
+            "    gradient of input 'x' at float16 differs from *: * of 256 element(s) differ; worst at index (*): "
+            "expected *0.00*, got *0 (float16); abs err 0.00*, rel err 1 "
+            "(allowed: atol 1e-05 + rtol 0.01 * |expected| + 0.01 * max|expected| = * here) [[]reference: float64 derivatives of the same input values, proven*]",
+        ]
+    )
 
 
-LINEAR = '''
+LINEAR = """
 def linear(x: Tensor, w: Tensor) -> Tensor:
     return x @ w
 
@@ -109,12 +116,16 @@ def pixel_features(device, dtype, requires_grad):
     make = lambda *s, scale=1.0: (torch.randn(*s, device=device) * scale).to(dtype).requires_grad_(requires_grad)
     yield SampleInput(make(256, 64, scale=100.0), make(64, 32))
     yield SampleInput(make(8, 5, scale=1.0), make(5, 3), sample_name="small")
-'''
+"""
 
 
 @pytest.mark.parametrize("dtypes", MARKERS)
 def test_honest_float32_rounding_passes_and_a_halved_gradient_fails(pytester, ns, run, dtypes):
-    write(pytester, ns, LINEAR + f'''
+    write(
+        pytester,
+        ns,
+        LINEAR
+        + f"""
 make_op("linear", linear, linear_backward)
 make_op("linear_half", linear, half_weight_gradient)
 
@@ -127,7 +138,8 @@ def test_right(customop):
                       checks=["gradcheck"])
 def test_wrong(customop):
     customop.check()
-''')
+""",
+    )
     result = run("-v")
     with_float64 = "float64" in dtypes
     # the right op passes every dtype; the wrong one passes float64 (right there) and fails the other
@@ -138,7 +150,7 @@ def test_wrong(customop):
 
 # -- points 1-2: every low-precision item proves its reference; the precision ladder ------------------
 
-MUL = '''
+MUL = """
 def mul(x: Tensor, y: Tensor) -> Tensor:
     return x * y
 
@@ -159,7 +171,7 @@ def pairs(device, dtype, requires_grad):
     make = lambda *s: torch.randn(*s, device=device, dtype=dtype, requires_grad=requires_grad)
     yield SampleInput(make(4, 3), make(4, 3))
     yield SampleInput(make(4, 3), make(3), sample_name="broadcast")
-'''
+"""
 
 
 @pytest.mark.parametrize("dtypes", MARKERS)
@@ -167,7 +179,11 @@ def test_a_backward_wrong_at_every_dtype_fails_every_dtype(pytester, ns, run, dt
     # (a wrong sign is a first-derivative bug: gradgradcheck differentiates the wrong backward correctly;
     # second-derivative bugs are test_a_silently_wrong_double_backward_fails_at_low_precision's)
     check = "gradcheck"
-    write(pytester, ns, MUL + f'''
+    write(
+        pytester,
+        ns,
+        MUL
+        + f'''
 make_op("mul", mul, mul_backward)
 make_op("mul_wrong", mul, wrong_sign)
 
@@ -178,20 +194,23 @@ def test_right(customop):
 @pytest.mark.customop(f"{{NS}}::mul_wrong", samples=pairs, devices=["cpu"], dtypes={dtypes}, checks=["{check}"])
 def test_wrong(customop):
     customop.check()
-''')
+''',
+    )
     result = run("-v")
     count = dtypes.count(",") + 1
     result.assert_outcomes(passed=count, failed=count)
     result.stdout.no_fnmatch_line("*test_right*FAILED*")
     if "float64" not in dtypes:
-        result.stdout.fnmatch_lines([
-            "    gradient of input * is wrong at float64, the reference precision, so at every precision: along a random "
-            "direction: expected * (finite differences in float64, step 1e-06), got * (backward in float64); *"
-            "[[]reference: float64 derivatives of the same input values, proven against finite differences in float64[]]",
-        ])
+        result.stdout.fnmatch_lines(
+            [
+                "    gradient of input * is wrong at float64, the reference precision, so at every precision: along a random "
+                "direction: expected * (finite differences in float64, step 1e-06), got * (backward in float64); *"
+                "[[]reference: float64 derivatives of the same input values, proven against finite differences in float64[]]",
+            ]
+        )
 
 
-NO_FLOAT64 = '''
+NO_FLOAT64 = """
 SUPPORTED = {supported}
 
 def _kernel_guard(t):
@@ -210,12 +229,17 @@ def limited_backward(ctx, grad):
 def limited_wrong(ctx, grad):
     _kernel_guard(grad)
     return wrong_sign(ctx, grad)
-'''
+"""
 
 
 @pytest.mark.parametrize("dtypes", MARKERS[:2])
 def test_an_op_without_float64_is_proven_in_float32_not_blamed(pytester, ns, run, dtypes):
-    write(pytester, ns, MUL + NO_FLOAT64.format(supported="(torch.float32, torch.float16, torch.bfloat16)") + f'''
+    write(
+        pytester,
+        ns,
+        MUL
+        + NO_FLOAT64.format(supported="(torch.float32, torch.float16, torch.bfloat16)")
+        + f"""
 make_op("mul", limited, limited_backward)
 make_op("mul_wrong", limited, limited_wrong)
 
@@ -226,37 +250,48 @@ def test_right(customop):
 @pytest.mark.customop(f"{{NS}}::mul_wrong", samples=pairs, devices=["cpu"], dtypes={dtypes}, checks=["gradcheck"])
 def test_wrong(customop):
     customop.check()
-''')
+""",
+    )
     result = run("-v", "--customop-report")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.no_fnmatch_line("*backward raised*")
     result.stdout.no_fnmatch_line("*forward raised*")
-    result.stdout.fnmatch_lines([
-        "    gradient of input 'y' is wrong at float32, the reference precision, so at every precision: along a random "
-        "direction: expected * (finite differences in float32, step 0.001), got * (backward in float32); *",
-        "  note: reference: *float32 derivatives*, proven against finite differences in float32 "
-        "(float64: RuntimeError: mul_kernel: torch.float64 is not supported)",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "    gradient of input 'y' is wrong at float32, the reference precision, so at every precision: along a random "
+            "direction: expected * (finite differences in float32, step 0.001), got * (backward in float32); *",
+            "  note: reference: *float32 derivatives*, proven against finite differences in float32 "
+            "(float64: RuntimeError: mul_kernel: torch.float64 is not supported)",
+        ]
+    )
 
 
 def test_an_op_running_in_no_precision_for_finite_differences_is_a_skip_saying_how_to_give_a_reference(pytester, ns, run):
-    write(pytester, ns, MUL + NO_FLOAT64.format(supported="(torch.bfloat16,)") + '''
+    write(
+        pytester,
+        ns,
+        MUL
+        + NO_FLOAT64.format(supported="(torch.bfloat16,)")
+        + """
 make_op("mul", limited, limited_wrong)
 
 @pytest.mark.customop(f"{NS}::mul", samples=pairs, devices=["cpu"], dtypes=[torch.bfloat16], checks=["gradcheck"])
 def test_bf16_only(customop):
     customop.check()
-''')
+""",
+    )
     result = run("-rs")
     result.assert_outcomes(skipped=1)
-    result.stdout.fnmatch_lines([
-        "SKIPPED * no precision at or above bfloat16 where finite differences mean something runs *::mul "
-        "(float64: RuntimeError: mul_kernel: torch.float64 is not supported; float32: RuntimeError: *), so its "
-        "gradients cannot be proven here: give the marker reference=fn, *",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "SKIPPED * no precision at or above bfloat16 where finite differences mean something runs *::mul "
+            "(float64: RuntimeError: mul_kernel: torch.float64 is not supported; float32: RuntimeError: *), so its "
+            "gradients cannot be proven here: give the marker reference=fn, *",
+        ]
+    )
 
 
-SILENT_DOUBLE_BACKWARD = '''
+SILENT_DOUBLE_BACKWARD = """
 # an op with a CPU kernel (not traced, as a C++ one) and no autograd kernel: torch only warns when a
 # graph goes through it, and its inputs get no gradient
 _lib = torch.library.Library(NS, "FRAGMENT")
@@ -276,12 +311,17 @@ def through_an_op_without_autograd(ctx, grad):
 def same_shape(device, dtype, requires_grad):
     make = lambda *s: torch.randn(*s, device=device, dtype=dtype, requires_grad=requires_grad)
     yield SampleInput(make(4, 3), make(4, 3))
-'''
+"""
 
 
 @pytest.mark.parametrize("dtypes", MARKERS)
 def test_a_silently_wrong_double_backward_fails_at_low_precision(pytester, ns, run, dtypes):
-    write(pytester, ns, MUL + SILENT_DOUBLE_BACKWARD.replace("{ns}", ns) + f'''
+    write(
+        pytester,
+        ns,
+        MUL
+        + SILENT_DOUBLE_BACKWARD.replace("{ns}", ns)
+        + f"""
 make_op("mul", mul, mul_backward)
 make_op("mul_detached", mul, through_an_op_without_autograd)
 
@@ -293,7 +333,8 @@ def test_right(customop):
                       checks=["gradgradcheck"])
 def test_wrong(customop):
     customop.check()
-''')
+""",
+    )
     result = run("-v", "-W", "ignore")
     count = dtypes.count(",") + 1
     result.assert_outcomes(passed=count, failed=count)
@@ -302,7 +343,7 @@ def test_wrong(customop):
 
 # -- point 5: ops whose outputs are all integer or bool -----------------------------------------------
 
-INTEGER_OUTPUTS = '''
+INTEGER_OUTPUTS = """
 @torch.library.custom_op(f"{NS}::top_index", mutates_args=())
 def top_index(scores: Tensor) -> Tensor:
     return scores.argmax(-1)
@@ -333,12 +374,16 @@ def scores(device, dtype, requires_grad):
 
 def scores_threshold(device, dtype, requires_grad):
     yield SampleInput(torch.randn(5, 7, device=device, dtype=dtype, requires_grad=requires_grad), 0.5)
-'''
+"""
 
 
 @pytest.mark.parametrize("dtypes", MARKERS)
 def test_ops_with_only_integer_or_bool_outputs_are_not_applicable_for_gradient_checks(pytester, ns, run, dtypes):
-    write(pytester, ns, INTEGER_OUTPUTS + f'''
+    write(
+        pytester,
+        ns,
+        INTEGER_OUTPUTS
+        + f"""
 GRADIENT_CHECKS = ["gradcheck", "gradgradcheck", "grad_keys"]
 
 @pytest.mark.customop(f"{{NS}}::top_index", samples=scores, devices=["cpu"], dtypes={dtypes}, checks=GRADIENT_CHECKS)
@@ -354,14 +399,17 @@ def test_mask(customop):
                       checks=["gradcheck", "grad_keys"])
 def test_no_formula(customop):
     customop.check()
-''')
+""",
+    )
     result = run("-rs")
     count = dtypes.count(",") + 1
     result.assert_outcomes(skipped=6 * count, failed=2 * count)
-    result.stdout.fnmatch_lines([
-        f"SKIPPED * every output of {ns}::top_index is int64: not differentiable, so gradient checks do not apply",
-        f"SKIPPED * every output of {ns}::keep_mask is bool: not differentiable, so gradient checks do not apply",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            f"SKIPPED * every output of {ns}::top_index is int64: not differentiable, so gradient checks do not apply",
+            f"SKIPPED * every output of {ns}::keep_mask is bool: not differentiable, so gradient checks do not apply",
+        ]
+    )
     result.stdout.fnmatch_lines([f"{ns}::soft_index gradcheck failed on cpu *"])
     result.stdout.no_fnmatch_line("*top_index * failed*")
     result.stdout.no_fnmatch_line("*keep_mask * failed*")
@@ -369,7 +417,7 @@ def test_no_formula(customop):
 
 # -- point 6: gradients asked for only where they exist ------------------------------------------------
 
-MAKE_TENSOR_SAMPLES = '''
+MAKE_TENSOR_SAMPLES = """
 from torch.testing import make_tensor
 
 @torch.library.custom_op(f"{NS}::shift", mutates_args=())
@@ -397,11 +445,15 @@ for _op in (shift, shift_bad_fake):
 def shift_samples(device, dtype, requires_grad):
     # OpInfo-style: make_tensor raises for requires_grad=True at integer dtypes
     yield SampleInput(make_tensor((3, 4), dtype=dtype, device=device, requires_grad=requires_grad), 2)
-'''
+"""
 
 
 def test_opcheck_asks_integer_samples_without_requires_grad_and_finds_fake_kernel_dtype_bugs(pytester, ns, run):
-    write(pytester, ns, MAKE_TENSOR_SAMPLES + '''
+    write(
+        pytester,
+        ns,
+        MAKE_TENSOR_SAMPLES
+        + """
 @pytest.mark.customop(f"{NS}::shift", samples=shift_samples, devices=["cpu"],
                       dtypes=[torch.int64, torch.int32, torch.float32], checks=["opcheck"])
 def test_right(customop):
@@ -411,14 +463,15 @@ def test_right(customop):
                       dtypes=[torch.int64, torch.float32], checks=["opcheck"])
 def test_wrong(customop):
     customop.check()
-''')
+""",
+    )
     result = run("-v")
     result.assert_outcomes(passed=4, failed=1)
     result.stdout.fnmatch_lines(["*test_wrong[[]cpu-int64-opcheck[]] FAILED*", "*test_faketensor failed*"])
     result.stdout.no_fnmatch_line("*requires_grad=True*raised*")
 
 
-BUFFER = '''
+BUFFER = """
 def scale_by_table(x: Tensor, table: Tensor) -> Tensor:
     # the kernel reads its lookup table as float32 whatever x's dtype
     if table.dtype != torch.float32:
@@ -439,12 +492,16 @@ def _save_table(ctx, inputs, output):
 def with_table(device, dtype, requires_grad):
     yield SampleInput(torch.randn(4, 6, device=device, dtype=dtype, requires_grad=requires_grad),
                       torch.rand(6, device=device, dtype=torch.float32) + 0.5)
-'''
+"""
 
 
 @pytest.mark.parametrize("dtypes", ["[torch.float16]", *MARKERS[1:]])
 def test_the_reference_keeps_buffers_of_another_dtype(pytester, ns, run, dtypes):
-    write(pytester, ns, BUFFER + f'''
+    write(
+        pytester,
+        ns,
+        BUFFER
+        + f"""
 make_op("table", scale_by_table, _table_backward, save=_save_table)
 make_op("table_wrong", scale_by_table, _table_backward_wrong, save=_save_table)
 
@@ -456,7 +513,8 @@ def test_right(customop):
                       checks=["gradcheck"])
 def test_wrong(customop):
     customop.check()
-''')
+""",
+    )
     result = run("-v")
     count = dtypes.count(",") + 1
     result.assert_outcomes(passed=count, failed=count)
@@ -468,9 +526,14 @@ def test_wrong(customop):
 
 # -- point 3: reference= -------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("dtypes", MARKERS)
 def test_reference_compares_outputs_and_gradients_with_its_float64_autograd(pytester, ns, run, dtypes):
-    write(pytester, ns, MUL + f'''
+    write(
+        pytester,
+        ns,
+        MUL
+        + f"""
 def doubled(x: Tensor, y: Tensor) -> Tensor:
     return 2 * x * y
 
@@ -493,19 +556,27 @@ def test_right(customop):
                       reference=reference)
 def test_wrong(customop):
     customop.check()
-''')
+""",
+    )
     result = run("-v")
     count = dtypes.count(",") + 1
     result.assert_outcomes(passed=2 * count, failed=count)
-    result.stdout.fnmatch_lines([
-        "    output 0 at * differs from the reference= in float64 on the same input values: * element(s) differ; *",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "    output 0 at * differs from the reference= in float64 on the same input values: * element(s) differ; *",
+        ]
+    )
     result.stdout.no_fnmatch_line("*test_right*FAILED*")
 
 
 @pytest.mark.parametrize("check", ["gradcheck", "gradgradcheck"])
 def test_reference_proves_a_bfloat16_only_kernel(pytester, ns, run, check):
-    write(pytester, ns, MUL + NO_FLOAT64.format(supported="(torch.bfloat16,)") + f'''
+    write(
+        pytester,
+        ns,
+        MUL
+        + NO_FLOAT64.format(supported="(torch.bfloat16,)")
+        + f'''
 def limited_detached(ctx, grad):
     # right first derivatives through an op without autograd: second derivatives silently lost
     _kernel_guard(grad)
@@ -526,18 +597,25 @@ def test_right(customop):
                       checks=["{check}"], reference=lambda x, y: x * y)
 def test_wrong(customop):
     customop.check()
-''')
+''',
+    )
     result = run("-v")
     result.assert_outcomes(passed=1, failed=1)
     what = "gradient" if check == "gradcheck" else "second derivative"
-    result.stdout.fnmatch_lines([
-        f"    {what} of input * at bfloat16 differs from the reference= in float64's autograd {what} of the same input values: *",
-        "  note: reference: the marker's reference= in float64 autograd (no precision runs * for finite differences)",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            f"    {what} of input * at bfloat16 differs from the reference= in float64's autograd {what} of the same input values: *",
+            "  note: reference: the marker's reference= in float64 autograd (no precision runs * for finite differences)",
+        ]
+    )
 
 
 def test_a_bad_reference_is_a_marker_error(pytester, ns, run):
-    write(pytester, ns, MUL + '''
+    write(
+        pytester,
+        ns,
+        MUL
+        + """
 make_op("mul", mul, mul_backward)
 
 @pytest.mark.customop(f"{NS}::mul", samples=pairs, reference="x * y")
@@ -546,16 +624,19 @@ def test_bad(customop):
 
 def test_unrelated():
     pass
-''')
+""",
+    )
     result = run()
     result.assert_outcomes(errors=1, passed=1)
-    result.stdout.fnmatch_lines([
-        "test_ops.py::test_bad: customop marker argument 'reference': got 'x * y'; allowed: a plain PyTorch "
-        "function with the op's signature (OpInfo's ref)*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "test_ops.py::test_bad: customop marker argument 'reference': got 'x * y'; allowed: a plain PyTorch "
+            "function with the op's signature (OpInfo's ref)*",
+        ]
+    )
 
 
-SQRT_NO_FLOAT64 = '''
+SQRT_NO_FLOAT64 = """
 def _guard(t):
     if t.dtype == torch.float64:
         raise RuntimeError("sqrt_kernel: float64 is not supported")
@@ -577,11 +658,15 @@ def near_zero(device, dtype, requires_grad):
     tiny = torch.rand(4, 8) + 0.5
     tiny[0, 0] = 1e-9  # a finite-difference step away, sqrt is NaN
     yield SampleInput(make(tiny), sample_name="near zero")
-'''
+"""
 
 
 def test_a_step_out_of_the_domain_is_a_note_not_a_failure(pytester, ns, run):
-    write(pytester, ns, SQRT_NO_FLOAT64 + '''
+    write(
+        pytester,
+        ns,
+        SQRT_NO_FLOAT64
+        + """
 make_op("root", root, root_backward)
 make_op("root_wrong", root, root_wrong)
 
@@ -594,13 +679,14 @@ def test_right(customop):
                       checks=["gradcheck"])
 def test_wrong(customop):
     customop.check()
-''')
+""",
+    )
     result = run("-v")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*gradient of input 'x' is wrong at float32, the reference precision*"])
 
 
-JVP_REFUSAL = '''
+JVP_REFUSAL = """
 class _Scale(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):
@@ -621,28 +707,38 @@ lib.impl("triple", _Scale.apply, "CompositeImplicitAutograd")
 
 def one(device, dtype, requires_grad):
     yield SampleInput(torch.randn(3, 4, device=device, dtype=dtype, requires_grad=requires_grad))
-'''
+"""
 
 
 @pytest.mark.parametrize("dtypes", MARKERS)
 def test_an_explicit_jvp_refusal_is_a_skip_quoting_it_and_a_wrong_jvp_fails(pytester, ns, run, dtypes):
     refusing = JVP_REFUSAL.format(jvp='raise NotImplementedError("triple: forward AD is planned for v2")')
-    write(pytester, ns, refusing + f'''
+    write(
+        pytester,
+        ns,
+        refusing
+        + f"""
 @pytest.mark.customop(f"{{NS}}::triple", samples=one, devices=["cpu"], dtypes={dtypes}, checks=["forward_ad"])
 def test_refusing(customop):
     customop.check()
-''')
+""",
+    )
     result = run("-rs")
     result.assert_outcomes(skipped=dtypes.count(",") + 1)
     result.stdout.fnmatch_lines(["SKIPPED * forward-mode AD is unsupported for *::triple: triple: forward AD is planned for v2"])
 
 
 def test_a_wrong_jvp_still_fails(pytester, ns, run):
-    write(pytester, ns, JVP_REFUSAL.format(jvp="return tangent * -3") + '''
+    write(
+        pytester,
+        ns,
+        JVP_REFUSAL.format(jvp="return tangent * -3")
+        + """
 @pytest.mark.customop(f"{NS}::triple", samples=one, devices=["cpu"], dtypes=[torch.float64, torch.float32],
                       checks=["forward_ad"])
 def test_wrong(customop):
     customop.check()
-''')
+""",
+    )
     result = run()
     result.assert_outcomes(failed=2)

@@ -119,7 +119,9 @@ def _without_shared_nans(got: torch.Tensor, expected: torch.Tensor) -> tuple[tor
     return torch.where(both, zero, got), torch.where(both, zero.to(expected.dtype), expected)
 
 
-def agreement(got: Optional[torch.Tensor], expected: Optional[torch.Tensor], tol: Tolerance, got_from: str, expected_from: str) -> Optional[str]:
+def agreement(
+    got: Optional[torch.Tensor], expected: Optional[torch.Tensor], tol: Tolerance, got_from: str, expected_from: str
+) -> Optional[str]:
     """None when ``got`` matches ``expected`` within ``tol`` (NaN on both sides agrees), else what differs."""
     if got is not None and expected is not None:
         if got.shape != expected.shape:
@@ -154,4 +156,3 @@ def quiet_vmap() -> Iterator[None]:
         warnings.filterwarnings("ignore", message="There is a performance drop")
         warnings.filterwarnings("ignore", message=".*is_grads_batched.*")
         yield
-

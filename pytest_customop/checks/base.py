@@ -92,8 +92,8 @@ def format_user_traceback(exc: BaseException, limit: int = 4) -> str:
 class CheckContext:
     """Everything a check needs for one item: the op, the marker's spec, device, dtype and samples."""
 
-    op: "ResolvedOp"
-    spec: "CustomOpSpec"
+    op: ResolvedOp
+    spec: CustomOpSpec
     device: str
     dtype: torch.dtype
     seed: int
@@ -155,7 +155,7 @@ class Check:
     #: error. None: not declared, any key is accepted (a project's own check that says nothing).
     options_accepted: Optional[tuple[str, ...]] = None
 
-    def not_applicable(self, op: "ResolvedOp", spec: "CustomOpSpec") -> Optional[str]:
+    def not_applicable(self, op: ResolvedOp, spec: CustomOpSpec) -> Optional[str]:
         """At collection: the reason this check cannot apply to ``op``, or None when it can."""
         return None
 

@@ -139,7 +139,9 @@ class BatchedGradCheck(Check):
         if findings:
             return ctx.failed(findings, total=prepared.total, checked=len(checked), notes=notes)
         if refusal:
-            return ctx.skipped(f"the registered vmap rule of {ctx.op.name} declines: {refusal}", total=prepared.total, notes=notes)
+            return ctx.skipped(
+                f"the registered vmap rule of {ctx.op.name} declines: {refusal}", total=prepared.total, notes=notes
+            )
         if not checked:
             reason = no_grad_reason or prepared.skip_reason
             if unsupported:
@@ -208,10 +210,14 @@ class BatchedGradCheck(Check):
             bound = ctx.op.bind(sample)
         except TypeError:
             return None  # reported by the backward part
-        positions: list[tuple[str, Optional[int], torch.Tensor]] = []  # (name, list index or None, tensor) of every input under test
+        positions: list[
+            tuple[str, Optional[int], torch.Tensor]
+        ] = []  # (name, list index or None, tensor) of every input under test
         for name, value in bound.items():
             if isinstance(value, (list, tuple)):
-                positions += [(name, k, v) for k, v in enumerate(value) if _batchable(v) and (not under_test or (name, k) in under_test)]
+                positions += [
+                    (name, k, v) for k, v in enumerate(value) if _batchable(v) and (not under_test or (name, k) in under_test)
+                ]
             elif _batchable(value) and (not under_test or (name, None) in under_test):
                 positions.append((name, None, value))
         if not positions:
@@ -219,9 +225,7 @@ class BatchedGradCheck(Check):
         layouts: list[tuple[str, list[Optional[int]]]] = [("every input under test batched at dim 0", [0] * len(positions))]
         layouts.append(("every input under test batched at its last dim", [t.dim() for _, _, t in positions]))
         if len(positions) > 1:
-            layouts.append(
-                (f"only {_label(positions[0])} batched (dim 0), the others not", [0] + [None] * (len(positions) - 1))
-            )
+            layouts.append((f"only {_label(positions[0])} batched (dim 0), the others not", [0] + [None] * (len(positions) - 1)))
         for description, in_dims in layouts:
             finding = self._check_layout(ctx, index, bound, positions, in_dims, description)
             if finding is not None:
@@ -237,10 +241,11 @@ class BatchedGradCheck(Check):
         in_dims: list[Optional[int]],
         description: str,
     ) -> Optional[Finding]:
-        entries = [[t.detach() * scale if d is not None else t.detach() for (_, _, t), d in zip(positions, in_dims)] for scale in _SCALES]
+        entries = [
+            [t.detach() * scale if d is not None else t.detach() for (_, _, t), d in zip(positions, in_dims)] for scale in _SCALES
+        ]
         stacked = [
-            torch.stack([entry[k] for entry in entries], dim=d) if d is not None else entries[0][k]
-            for k, d in enumerate(in_dims)
+            torch.stack([entry[k] for entry in entries], dim=d) if d is not None else entries[0][k] for k, d in enumerate(in_dims)
         ]
 
         def call_with(values: tuple) -> tuple:
@@ -267,8 +272,7 @@ class BatchedGradCheck(Check):
                     raise _Refused(f"{description}: {_first_line(exc)}") from None
                 return Finding(
                     index,
-                    f"vmap of {ctx.op.name} ({description}) raised in its registered vmap rule: "
-                    f"{format_user_traceback(exc)}",
+                    f"vmap of {ctx.op.name} ({description}) raised in its registered vmap rule: {format_user_traceback(exc)}",
                 )
         for position, (g, *each) in enumerate(zip(got, *expected_each)):
             detail = agreement(g, torch.stack(each), ctx.tolerance, "vmap", "a loop of forwards")

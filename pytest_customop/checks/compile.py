@@ -25,8 +25,8 @@ import torch
 
 from ..differentiation import OpCall, Slot, flatten_outputs, random_like, vjp, worst_mismatch
 from ..dtypes import dtype_id
-from ..samples import SampleInput
 from ..fake_kernels import missing_fake_kernel
+from ..samples import SampleInput
 from ..torch_internals import dynamo_unsupported_reason, reset_compiled
 from ._support import wants_gradients
 from .base import Check, CheckContext, CheckResult, Finding
@@ -102,7 +102,8 @@ def _run(fn: Any, op: Any, sample: SampleInput, weights_for: Callable[[list[torc
     tensors_after = {
         name: _detached(value)
         for name, value in bound.items()
-        if isinstance(value, torch.Tensor) or (isinstance(value, (list, tuple)) and any(isinstance(v, torch.Tensor) for v in value))
+        if isinstance(value, torch.Tensor)
+        or (isinstance(value, (list, tuple)) and any(isinstance(v, torch.Tensor) for v in value))
     }
     return _Run(_detached(outputs), tensors_after, grads)
 
@@ -203,14 +204,17 @@ class CompileCheck(Check):
             (f"output {k}", None, e, g) for k, (e, g) in enumerate(zip(expected.outputs, got.outputs))
         ]
         if ctx.op.is_mutable:
-            pairs += [(f"input '{name}' after the call", name, value, got.inputs_after[name])
-                      for name, value in expected.inputs_after.items()]
+            pairs += [
+                (f"input '{name}' after the call", name, value, got.inputs_after[name])
+                for name, value in expected.inputs_after.items()
+            ]
         if (expected.grads is None) != (got.grads is None):
             which = "compiled" if got.grads is None else "eager"
             return Finding(index, f"{label}: no output of the {which} call requires grad; the other's do")
         if expected.grads is not None and got.grads is not None:
-            pairs += [(f"gradient of input {slot.label}", slot.name, e, g)
-                      for slot, e, g in zip(slots, expected.grads, got.grads)]
+            pairs += [
+                (f"gradient of input {slot.label}", slot.name, e, g) for slot, e, g in zip(slots, expected.grads, got.grads)
+            ]
         for what, name, e, g in pairs:
             problem = _disagreement(e, g, ctx)
             if problem is not None:

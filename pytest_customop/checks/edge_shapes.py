@@ -167,7 +167,9 @@ class EdgeShapesCheck(Check):
             if not derived:
                 return ctx.skipped("no edge-case sample could be derived from the given samples", total=len(samples))
             return ctx.skipped(
-                f"the op rejects or cannot differentiate every derived sample, e.g. {rejected[0]}", total=len(samples), notes=notes
+                f"the op rejects or cannot differentiate every derived sample, e.g. {rejected[0]}",
+                total=len(samples),
+                notes=notes,
             )
         return ctx.passed(len(samples), len(samples), notes=notes)
 

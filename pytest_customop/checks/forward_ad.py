@@ -58,7 +58,9 @@ class _Unsupported(Exception):
     """The op has no forward-mode formula (raised out of one sample)."""
 
 
-def _tangents_out(call: OpCall, leaves: Sequence[torch.Tensor], tangents: Sequence[Optional[torch.Tensor]]) -> list[Optional[torch.Tensor]]:
+def _tangents_out(
+    call: OpCall, leaves: Sequence[torch.Tensor], tangents: Sequence[Optional[torch.Tensor]]
+) -> list[Optional[torch.Tensor]]:
     """The output tangents of one forward-mode evaluation (None where an output carries none)."""
     fn = call.function()
     with warnings.catch_warnings(), fwAD.dual_level():
@@ -95,7 +97,9 @@ class ForwardADCheck(Check):
         unsupported = registration_without_jvp(ctx.op)
         mutated = mutated_arguments(ctx.op)
         if unsupported is None and mutated:
-            unsupported = f"{ctx.op.name} mutates {', '.join(repr(m) for m in mutated)}: forward-mode AD of mutating ops is not checked"
+            unsupported = (
+                f"{ctx.op.name} mutates {', '.join(repr(m) for m in mutated)}: forward-mode AD of mutating ops is not checked"
+            )
         findings = list(prepared.findings)
         checked = 0
         if unsupported is None:
@@ -156,7 +160,7 @@ class ForwardADCheck(Check):
 
     def _jvp(
         self, ctx: CheckContext, index: int, call: OpCall, leaves: list[torch.Tensor], tangents: list[Optional[torch.Tensor]]
-    ) -> "list[Optional[torch.Tensor]] | Finding":
+    ) -> list[Optional[torch.Tensor]] | Finding:
         try:
             return _tangents_out(call, leaves, tangents)
         except Exception as exc:

@@ -59,8 +59,7 @@ class GradKeysCheck(Check):
                     notes.append(f"backward: {source.describe()}")
                 else:
                     notes.append(
-                        f"backward is opaque to Python ({source.detail}): validated the gradients that reach "
-                        "each input, by name"
+                        f"backward is opaque to Python ({source.detail}): validated the gradients that reach each input, by name"
                     )
             seen = len(kernel.reduced_shapes) if kernel.source.is_python else 0
             problems = self._check_sample(ctx, kernel, call, leaves, bound, index)
@@ -69,8 +68,13 @@ class GradKeysCheck(Check):
                 continue
             for reducible in kernel.reduced_shapes[seen:] if kernel.source.is_python else []:
                 if ctx.spec.strict_grad_shapes:
-                    problems.append(Finding(index, f"{reducible.message} (the marker asks strict_grad_shapes=True)",
-                                            input_name=reducible.input_name))
+                    problems.append(
+                        Finding(
+                            index,
+                            f"{reducible.message} (the marker asks strict_grad_shapes=True)",
+                            input_name=reducible.input_name,
+                        )
+                    )
                 else:
                     notes.append(f"sample {index}: {reducible.message} (gradcheck proves the reduced values)")
             checked += 1
@@ -107,11 +111,13 @@ class GradKeysCheck(Check):
             return None
         if not live:
             inputs = ", ".join(s.label for s in call.slots)
-            return [Finding(
-                index,
-                f"no output of {ctx.op.name} requires grad although input(s) {inputs} do: the op has no autograd "
-                "formula (register one with torch.library.register_autograd) or its forward detaches its result",
-            )]
+            return [
+                Finding(
+                    index,
+                    f"no output of {ctx.op.name} requires grad although input(s) {inputs} do: the op has no autograd "
+                    "formula (register one with torch.library.register_autograd) or its forward detaches its result",
+                )
+            ]
         generator = ctx.generator(index)
         weights = [random_like(o, generator) for o in live]
         try:
@@ -130,4 +136,3 @@ class GradKeysCheck(Check):
             for problem in tensor_problems(ctx.op.name, slot.label, grad, TensorMeta.of(leaf)):
                 findings.append(Finding(index, problem.message, input_name=slot.name))
         return findings
-

@@ -120,7 +120,9 @@ class FiniteDifferenceDiagnosis:
                 if mismatch is None:
                     continue
                 message = f"{what} of input {label}: {mismatch.describe('finite differences', 'backward')}"
-                self.heatmaps[label] = difference_grid(grad, numeric, label.replace("'", ""))
+                grid = difference_grid(grad, numeric, label.replace("'", ""))
+                if grid is not None:
+                    self.heatmaps[label] = grid
             else:
                 found = directional_mismatch(fn, leaves, position, grad, weights, self.eps, self.tol, generator)
                 if found is None:
@@ -219,8 +221,7 @@ class _GradientCheck(Check):
                 findings = [Finding(None, f"the marker claims supports_gradgrad=True but {r}") for r in refusals]
             else:
                 return ctx.skipped(
-                    "backward refuses double backward (declare supports_gradgrad=False to skip "
-                    f"without running): {refusals[0]}",
+                    f"backward refuses double backward (declare supports_gradgrad=False to skip without running): {refusals[0]}",
                     total=prepared.total,
                 )
         if findings:
@@ -290,7 +291,13 @@ class _GradientCheck(Check):
         if fast and self.order == 1:
             return self._fast_first_order(ctx, call, leaves, outputs, mask, index, notes, eps, tol)
         runner = torch.autograd.gradcheck if self.order == 1 else torch.autograd.gradgradcheck
-        options: dict[str, Any] = dict(eps=eps, atol=tol.atol, rtol=tol.rtol, nondet_tol=ctx.spec.nondet_tol, fast_mode=fast)
+        options: dict[str, Any] = {
+            "eps": eps,
+            "atol": tol.atol,
+            "rtol": tol.rtol,
+            "nondet_tol": ctx.spec.nondet_tol,
+            "fast_mode": fast,
+        }
         if self.order == 1:
             options["check_batched_grad"] = False
         with warnings.catch_warnings(record=True) as caught, _without_slow_recompute():
@@ -356,23 +363,35 @@ class _GradientCheck(Check):
                 continue
             difference = float((first - second).abs().max().item()) if first.numel() else 0.0
             if difference > ctx.spec.nondet_tol:
-                return [Finding(
-                    index,
-                    f"backward is not reentrant: two backwards of input {slot.label} with the same grad_output "
-                    f"differ by up to {difference:.3g} (nondet_tol={ctx.spec.nondet_tol:g}; raise it in the "
-                    "marker if the backward is nondeterministic on purpose) [fast mode]",
-                    input_name=slot.name,
-                )]
+                return [
+                    Finding(
+                        index,
+                        f"backward is not reentrant: two backwards of input {slot.label} with the same grad_output "
+                        f"differ by up to {difference:.3g} (nondet_tol={ctx.spec.nondet_tol:g}; raise it in the "
+                        "marker if the backward is nondeterministic on purpose) [fast mode]",
+                        input_name=slot.name,
+                    )
+                ]
         if undefined is not None:
             return [Finding(index, f"{undefined} [fast mode]")]
         fn = call.function(mask)
         for position, label in enumerate(labels):
             found = directional_mismatch(fn, leaves, position, analytic[position], weights, eps, tol, generator)
             if found is not None:
-                return [self._explain_mismatch(
-                    ctx, call, leaves, mask, index, missing_kernels, "fast", eps, tol,
-                    fallback=(label, f"gradient of input {label} {found}"),
-                )]
+                return [
+                    self._explain_mismatch(
+                        ctx,
+                        call,
+                        leaves,
+                        mask,
+                        index,
+                        missing_kernels,
+                        "fast",
+                        eps,
+                        tol,
+                        fallback=(label, f"gradient of input {label} {found}"),
+                    )
+                ]
         if missing_kernels:
             notes.append(_missing_kernel_note(index, missing_kernels))
         return []
@@ -475,10 +494,15 @@ class _GradientCheck(Check):
             label, message = problems[0]
             others = f" (also: {', '.join(p[0] for p in problems[1:])})" if len(problems) > 1 else ""
             return Finding(
-                index, f"{message}{others}{reason} [{mode} mode]{full}", input_name=_slot_name(call, label),
+                index,
+                f"{message}{others}{reason} [{mode} mode]{full}",
+                input_name=_slot_name(call, label),
                 heatmap=heatmaps.get(label),
             )
-        return Finding(index, f"torch.autograd.{'gradcheck' if self.order == 1 else 'gradgradcheck'} ({mode} mode): {torch_says}{reason}{full}")
+        return Finding(
+            index,
+            f"torch.autograd.{'gradcheck' if self.order == 1 else 'gradgradcheck'} ({mode} mode): {torch_says}{reason}{full}",
+        )
 
     def _full_jacobians(
         self, ctx: CheckContext, call: OpCall, leaves: list[torch.Tensor], mask: list[bool], eps: float, tol: Tolerance
@@ -488,8 +512,16 @@ class _GradientCheck(Check):
         runner = torch.autograd.gradcheck if self.order == 1 else torch.autograd.gradgradcheck
         inputs = tuple(t.detach().requires_grad_(True) for t in leaves)
         try:
-            runner(call.function(mask), inputs, eps=eps, atol=tol.atol, rtol=tol.rtol,
-                   nondet_tol=ctx.spec.nondet_tol, fast_mode=False, raise_exception=True)
+            runner(
+                call.function(mask),
+                inputs,
+                eps=eps,
+                atol=tol.atol,
+                rtol=tol.rtol,
+                nondet_tol=ctx.spec.nondet_tol,
+                fast_mode=False,
+                raise_exception=True,
+            )
         except Exception as exc:
             return f"\nfull Jacobians (slow mode, --customop-full-jacobian):\n{str(exc).strip()}"
         return "\n(slow-mode gradcheck with full Jacobians passes: the disagreement is small or along few directions)"
@@ -533,12 +565,14 @@ class _GradientCheck(Check):
         proof = self._prove(ctx, reference, mask, expected, ref_dtype, index, notes)
         if proof is not None:
             label, name, detail = proof
-            return [Finding(
-                index,
-                f"{what} of input {label} is wrong at {dtype_id(ref_dtype)}, the reference precision, so at "
-                f"every precision: {detail} [{note}]",
-                input_name=name,
-            )]
+            return [
+                Finding(
+                    index,
+                    f"{what} of input {label} is wrong at {dtype_id(ref_dtype)}, the reference precision, so at "
+                    f"every precision: {detail} [{note}]",
+                    input_name=name,
+                )
+            ]
         if ref_dtype == ctx.dtype:
             return []  # the item's own derivatives are the reference, just proven
         findings = []
@@ -587,9 +621,16 @@ class _GradientCheck(Check):
             with torch.enable_grad():
                 ref_outputs = reference_call.outputs(ref_leaves)
             if len(ref_outputs) != len(outputs):
-                return [Finding(index, f"the marker's reference= returns {len(ref_outputs)} output(s), {ctx.op.name} {len(outputs)}")]
+                return [
+                    Finding(index, f"the marker's reference= returns {len(ref_outputs)} output(s), {ctx.op.name} {len(outputs)}")
+                ]
             expected = self._derivatives(
-                reference_call, ref_leaves, mask, generator=None, weights=got.weights, outputs=ref_outputs  # type: ignore[arg-type]
+                reference_call,  # type: ignore[arg-type]  # an OpCall-shaped stand-in for the reference
+                ref_leaves,
+                mask,
+                generator=None,
+                weights=got.weights,
+                outputs=ref_outputs,
             )
         except _Refused:
             raise
@@ -603,28 +644,32 @@ class _GradientCheck(Check):
                 return [Finding(index, f"output {k} has shape {list(o.shape)}, the reference's {list(e.shape)}")]
             mismatch = worst_mismatch(o.detach(), e.detach(), tol)
             if mismatch is not None:
-                return [Finding(
-                    index,
-                    f"output {k} at {dtype_id(ctx.dtype)} differs from the {what_ref} on the same input values: "
-                    + mismatch.describe(what_ref, dtype_id(ctx.dtype)),
-                )]
+                return [
+                    Finding(
+                        index,
+                        f"output {k} at {dtype_id(ctx.dtype)} differs from the {what_ref} on the same input values: "
+                        + mismatch.describe(what_ref, dtype_id(ctx.dtype)),
+                    )
+                ]
         what = "gradient" if self.order == 1 else "second derivative"
         labels = [s.label for s in call.slots] + [f"grad_output[{k}]" for k in range(len(got.weights))]
         names = [s.name for s in call.slots] + [None] * len(got.weights)
         for label, name, g, e in zip(labels, names, got.grads, expected.grads):
             mismatch = worst_mismatch(g, e, tol)
             if mismatch is not None:
-                return [Finding(
-                    index,
-                    f"{what} of input {label} at {dtype_id(ctx.dtype)} differs from the {what_ref}'s autograd "
-                    f"{what} of the same input values: " + mismatch.describe(what_ref, dtype_id(ctx.dtype)),
-                    input_name=name,
-                )]
+                return [
+                    Finding(
+                        index,
+                        f"{what} of input {label} at {dtype_id(ctx.dtype)} differs from the {what_ref}'s autograd "
+                        f"{what} of the same input values: " + mismatch.describe(what_ref, dtype_id(ctx.dtype)),
+                        input_name=name,
+                    )
+                ]
         return []
 
     def _reference_derivatives(
-        self, ctx: CheckContext, call: OpCall, mask: Sequence[bool], got: "_Derivatives", index: int
-    ) -> "tuple[torch.dtype, OpCall, _Derivatives, list[str]] | str":
+        self, ctx: CheckContext, call: OpCall, mask: Sequence[bool], got: _Derivatives, index: int
+    ) -> tuple[torch.dtype, OpCall, _Derivatives, list[str]] | str:
         """Climb down the precision ladder from the highest rung the op accepted before (kept in
         ``ctx.cache``, per op and device): (reference dtype, the sample at it, its derivatives with the
         item's grad_outputs, what higher rungs raised), or the skip reason when no rung works."""
@@ -633,7 +678,7 @@ class _GradientCheck(Check):
         known = ctx.cache.get(key)
         declined: list[str] = list(ctx.cache.get(key + ("declined",), []))
         if known in rungs:
-            rungs = rungs[rungs.index(known):]
+            rungs = rungs[rungs.index(known) :]
         for ref_dtype in rungs:
             if ref_dtype == ctx.dtype:
                 ctx.cache[key] = ref_dtype
@@ -663,8 +708,14 @@ class _GradientCheck(Check):
         )
 
     def _prove(
-        self, ctx: CheckContext, reference: OpCall, mask: Sequence[bool], derivatives: "_Derivatives",
-        ref_dtype: torch.dtype, index: int, notes: list[str],
+        self,
+        ctx: CheckContext,
+        reference: OpCall,
+        mask: Sequence[bool],
+        derivatives: _Derivatives,
+        ref_dtype: torch.dtype,
+        index: int,
+        notes: list[str],
     ) -> Optional[tuple[str, Optional[str], str]]:
         """Prove the reference derivatives against central differences at their precision, along one
         random direction moving every input at once; when that fails, input by input, to name one
@@ -697,10 +748,10 @@ class _GradientCheck(Check):
             return None
         if not math.isfinite(joint.numeric) and math.isfinite(joint.analytic):
             # A step left the op's domain (a log or sqrt of an input near 0): a smaller one may not.
-            try:
-                joint = prove_directional(loss_of, inputs, grads, directions, rounding, ref_dtype, eps, ctx.tolerance.rtol, widen=0.01)
-            except Exception:
-                pass
+            with contextlib.suppress(Exception):
+                joint = prove_directional(
+                    loss_of, inputs, grads, directions, rounding, ref_dtype, eps, ctx.tolerance.rtol, widen=0.01
+                )
             if joint.holds:
                 return None
             if not math.isfinite(joint.numeric):
@@ -746,7 +797,7 @@ class _GradientCheck(Check):
         generator: Optional[torch.Generator],
         weights: Optional[list[torch.Tensor]],
         outputs: Optional[list[Any]] = None,
-    ) -> "_Derivatives":
+    ) -> _Derivatives:
         """First (or second) derivatives with respect to each input, and what was used to get them.
 
         With ``weights`` given (the low-precision run's, converted) the same directions are reused;
@@ -775,7 +826,12 @@ class _GradientCheck(Check):
             directions = [random_like(g.detach(), torch.Generator().manual_seed(7 + n)) for n, g in enumerate(live_first)]
             second = torch.autograd.grad(real_loss(live_first, directions), [*leaves, *weights], allow_unused=True)
             return _Derivatives(
-                list(second), detached, leaves, [], live=live, directions=directions,
+                list(second),
+                detached,
+                leaves,
+                [],
+                live=live,
+                directions=directions,
                 first_live=[g.detach() for g in live_first],
             )
 
@@ -908,7 +964,10 @@ class _SecondOrderProbeError(Exception):
 
 
 def _first_derivatives_with_graph(
-    call: OpCall, leaves: list[torch.Tensor], mask: Sequence[bool], generator: torch.Generator,
+    call: OpCall,
+    leaves: list[torch.Tensor],
+    mask: Sequence[bool],
+    generator: torch.Generator,
     probe_second: bool = False,
 ) -> list[Optional[torch.Tensor]]:
     """First derivatives computed with ``create_graph=True`` and grad_outputs that require grad.
@@ -938,9 +997,7 @@ def _once_differentiable(grads: Sequence[Optional[torch.Tensor]]) -> bool:
     return any(g is not None and type(g.grad_fn).__name__ in ("Error", "DelayedError") for g in grads)
 
 
-def _detached_gradients(
-    call: OpCall, leaves: list[torch.Tensor], mask: Sequence[bool], generator: torch.Generator
-) -> list[str]:
+def _detached_gradients(call: OpCall, leaves: list[torch.Tensor], mask: Sequence[bool], generator: torch.Generator) -> list[str]:
     """Labels of inputs whose first derivative comes back without a graph though the grad_outputs
     require grad: a backward that detached what it computed."""
     try:
@@ -955,7 +1012,9 @@ class GradCheck(_GradientCheck):
     op's gradients compared with proven reference gradients of the same input values."""
 
     name = "gradcheck"
-    description = "first derivatives against finite differences (float64), or against reference gradients proven by them (lower precision)"
+    description = (
+        "first derivatives against finite differences (float64), or against reference gradients proven by them (lower precision)"
+    )
     order = 1
 
 

@@ -169,8 +169,12 @@ class NoncontiguousCheck(Check):
                     ("a transposed grad_output", [transposed(w) for w in weights], "random"),
                 ]
                 runs += [
-                    (f"a grad_output expanded in dimension {d} only (stride 0 there), as a downstream .sum({d}) or a "
-                     "broadcast passes it", values[f"expanded {d}"], f"expanded {d}")
+                    (
+                        f"a grad_output expanded in dimension {d} only (stride 0 there), as a downstream .sum({d}) or a "
+                        "broadcast passes it",
+                        values[f"expanded {d}"],
+                        f"expanded {d}",
+                    )
                     for d in partial_dims
                 ]
                 runs.append(("an expanded (stride 0) grad_output, as y.sum().backward() passes", values["constant"], "constant"))

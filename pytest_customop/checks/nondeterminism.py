@@ -94,7 +94,9 @@ class NondeterminismCheck(Check):
                 worst["gradients"] = max(worst["gradients"], difference)
                 if difference > tol and problem is None:
                     problem = Finding(
-                        index, self._message(f"gradient of input {slot.label}", what, difference, where, tol), input_name=slot.name
+                        index,
+                        self._message(f"gradient of input {slot.label}", what, difference, where, tol),
+                        input_name=slot.name,
                     )
         return problem
 

@@ -38,8 +38,13 @@ _warmed_up = False
 
 # Lines of torch's error messages that advise on debugging rather than say what went wrong.
 _BOILERPLATE = (
-    "Set TORCHDYNAMO_VERBOSE", "For more information", "For more details", "For even more", "Hint:",
-    "Developer debug context", "from user code:",
+    "Set TORCHDYNAMO_VERBOSE",
+    "For more information",
+    "For more details",
+    "For even more",
+    "Hint:",
+    "Developer debug context",
+    "from user code:",
 )
 
 
@@ -127,8 +132,8 @@ class OpCheck(Check):
         if not sub_tests:
             return ctx.skipped(f"{', '.join(not_applicable)} not run: {no_fake}", total=len(samples), notes=notes)
         failures: dict[str, list[Finding]] = {name: [] for name in sub_tests}
-        passed: dict[str, int] = {name: 0 for name in sub_tests}
-        without_grad: dict[str, int] = {name: 0 for name in sub_tests}
+        passed: dict[str, int] = dict.fromkeys(sub_tests, 0)
+        without_grad: dict[str, int] = dict.fromkeys(sub_tests, 0)
         findings: list[Finding] = []
         unfit = 0
         started = time.perf_counter()
@@ -176,6 +181,6 @@ class OpCheck(Check):
             notes.append(f"{elapsed:.1f} s, including opcheck's one-time warm-up in this process")
         checked = len(samples) - unfit
         if findings:
-            findings.sort(key=lambda f: (f.sample_index if f.sample_index is not None else -1))
+            findings.sort(key=lambda f: f.sample_index if f.sample_index is not None else -1)
             return ctx.failed(findings, total=len(samples), checked=checked, notes=notes)
         return ctx.passed(checked, len(samples), notes=notes)

@@ -26,9 +26,7 @@ class CheckRegistry:
         """Add ``check``; its ``name`` becomes usable in ``checks=``, ids, ``-k`` and the report."""
         name = getattr(check, "name", None)
         if not isinstance(name, str) or not _NAME.match(name):
-            raise CheckRegistrationError(
-                f"{check!r}: a check's name must be a lower_case identifier, got {name!r}"
-            )
+            raise CheckRegistrationError(f"{check!r}: a check's name must be a lower_case identifier, got {name!r}")
         if name in self._checks:
             raise CheckRegistrationError(f"a check named {name!r} is already registered ({self._checks[name]!r})")
         if not callable(getattr(check, "run", None)):

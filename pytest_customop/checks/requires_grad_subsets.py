@@ -138,7 +138,9 @@ class RequiresGradSubsetsCheck(Check):
                 weights = [random_like(o.detach(), generator) for o in kept]
                 full = torch.autograd.grad(real_loss(kept, weights), leaves, allow_unused=True)
         except Exception as exc:
-            return [Finding(index, f"with every input requiring grad, forward or backward raised {format_user_traceback(exc)}")], 0
+            return [
+                Finding(index, f"with every input requiring grad, forward or backward raised {format_user_traceback(exc)}")
+            ], 0
         findings = []
         subsets = _subsets(units)
         for description, subset in subsets:
@@ -171,9 +173,7 @@ class RequiresGradSubsetsCheck(Check):
                 ]
                 if not pairs:
                     return Finding(index, f"when {description}, no output requires grad")
-                grads = torch.autograd.grad(
-                    real_loss([o for o, _ in pairs], [w for _, w in pairs]), chosen, allow_unused=True
-                )
+                grads = torch.autograd.grad(real_loss([o for o, _ in pairs], [w for _, w in pairs]), chosen, allow_unused=True)
         except Exception as exc:
             head, _, frames = format_user_traceback(exc).partition("\n")
             return Finding(index, f"when {description}, backward raised {head}\n{LEGITIMATE}\n{frames}".rstrip())

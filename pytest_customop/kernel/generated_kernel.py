@@ -65,7 +65,7 @@ class _Call:
         for name in self.names:
             if name in self.list_lengths:
                 count = self.list_lengths[name]
-                bound[name] = self.list_types[name](flat[position:position + count])
+                bound[name] = self.list_types[name](flat[position : position + count])
                 position += count
             else:
                 bound[name] = flat[position]
@@ -93,7 +93,7 @@ class _Call:
                 items.append(flat[position])
                 position += 1
             else:
-                items.append(list(flat[position:position + length]))
+                items.append(list(flat[position : position + length]))
                 position += length
         return items
 
@@ -119,7 +119,7 @@ class _Call:
         for name in self.names:
             if name in self.list_lengths:
                 count = self.list_lengths[name]
-                grouped.append(flat[position:position + count])
+                grouped.append(flat[position : position + count])
                 position += count
             else:
                 grouped.append(flat[position])
@@ -138,11 +138,7 @@ def _same_values(before: torch.Tensor, after: torch.Tensor) -> bool:
 
 
 def _snapshot(labelled: Sequence[tuple[str, Any]]) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
-    return [
-        (label, t, t.detach().clone())
-        for label, t in labelled
-        if isinstance(t, torch.Tensor) and t.layout == torch.strided
-    ]
+    return [(label, t, t.detach().clone()) for label, t in labelled if isinstance(t, torch.Tensor) and t.layout == torch.strided]
 
 
 def _saved_tensors(ctx: Any, legacy_saved: Any = None) -> list[tuple[str, Any]]:
@@ -175,9 +171,7 @@ def _legacy_saved_labels(value: Any, label: str) -> list[tuple[str, Any]]:
 
 def _mutations(op_name: str, snapshot: Sequence[tuple[str, torch.Tensor, torch.Tensor]], what: str) -> list[GradientProblem]:
     return [
-        GradientProblem(
-            f"{op_name}: backward modified {label} in place ({what}): expected it unchanged, got different values"
-        )
+        GradientProblem(f"{op_name}: backward modified {label} in place ({what}): expected it unchanged, got different values")
         for label, tensor, before in snapshot
         if not _same_values(before, tensor.detach())
     ]
@@ -216,8 +210,12 @@ class GradientCheckingKernel:
         names = [a.name for a in arguments if not a.kwarg_only] + [a.name for a in arguments if a.kwarg_only]
         call = _Call(
             names=names,
-            list_lengths={a.name: len(bound[a.name]) for a in arguments if a.kind.is_list and isinstance(bound[a.name], (list, tuple))},
-            list_types={a.name: type(bound[a.name]) for a in arguments if a.kind.is_list and isinstance(bound[a.name], (list, tuple))},
+            list_lengths={
+                a.name: len(bound[a.name]) for a in arguments if a.kind.is_list and isinstance(bound[a.name], (list, tuple))
+            },
+            list_types={
+                a.name: type(bound[a.name]) for a in arguments if a.kind.is_list and isinstance(bound[a.name], (list, tuple))
+            },
             inputs=describe_inputs(arguments, bound),
         )
         flat: list[Any] = []
@@ -267,8 +265,13 @@ class GradientCheckingKernel:
         differentiability = self.source.output_differentiability
         if differentiability is not None:
             outputs = result if isinstance(result, tuple) else (result,)
-            frozen = [t for out, keep in zip(outputs, differentiability) if not keep for t in _flatten(out)
-                      if isinstance(t, torch.Tensor)]
+            frozen = [
+                t
+                for out, keep in zip(outputs, differentiability)
+                if not keep
+                for t in _flatten(out)
+                if isinstance(t, torch.Tensor)
+            ]
             if frozen:
                 ctx.mark_non_differentiable(*frozen)
 

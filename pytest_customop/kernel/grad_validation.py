@@ -51,7 +51,7 @@ class GradientValidationError(RuntimeError):
         self.backward = backward
         prefix = f"{op_name}: "
         lines = [f"the backward of {op_name} is wrong:"] + [
-            f"  {p.message[len(prefix):] if p.message.startswith(prefix) else p.message}" for p in self.problems
+            f"  {p.message[len(prefix) :] if p.message.startswith(prefix) else p.message}" for p in self.problems
         ]
         if backward:
             lines.append(f"  (backward: {backward})")
@@ -131,20 +131,26 @@ def tensor_problems(op_name: str, label: str, grad: torch.Tensor, meta: TensorMe
     name = label.split("'")[1]
     where = f"{op_name}: the gradient for input {label}"
     if tuple(grad.shape) != meta.shape and _broadcasts_to(grad.shape, meta.shape):
-        problems.append(GradientProblem(
-            f"{where} has shape {list(grad.shape)}, larger than the input's {list(meta.shape)}: relies on the "
-            f"engine to reduce {list(grad.shape)} to {list(meta.shape)}",
-            name,
-            reducible=True,
-        ))
+        problems.append(
+            GradientProblem(
+                f"{where} has shape {list(grad.shape)}, larger than the input's {list(meta.shape)}: relies on the "
+                f"engine to reduce {list(grad.shape)} to {list(meta.shape)}",
+                name,
+                reducible=True,
+            )
+        )
     elif tuple(grad.shape) != meta.shape:
-        problems.append(GradientProblem(f"{where}: expected shape {list(meta.shape)} (the input's), got {list(grad.shape)}", name))
+        problems.append(
+            GradientProblem(f"{where}: expected shape {list(meta.shape)} (the input's), got {list(grad.shape)}", name)
+        )
     if grad.dtype != meta.dtype:
-        problems.append(GradientProblem(
-            f"{where}: expected dtype {dtype_id(meta.dtype)} (the input's), got {dtype_id(grad.dtype)} "
-            "(torch would cast it silently)",
-            name,
-        ))
+        problems.append(
+            GradientProblem(
+                f"{where}: expected dtype {dtype_id(meta.dtype)} (the input's), got {dtype_id(grad.dtype)} "
+                "(torch would cast it silently)",
+                name,
+            )
+        )
     if grad.device != meta.device:
         problems.append(GradientProblem(f"{where}: expected device {meta.device} (the input's), got {grad.device}", name))
     if grad.layout != meta.layout:
@@ -156,13 +162,11 @@ def _broadcasts_to(got: Sequence[int], expected: Sequence[int]) -> bool:
     """True when a gradient of shape ``got`` would be summed down to ``expected`` by the engine."""
     if len(got) < len(expected):
         return False
-    tail = list(got)[len(got) - len(expected):]
+    tail = list(got)[len(got) - len(expected) :]
     return all(g == e or e == 1 for g, e in zip(tail, expected))
 
 
-def validate_gradients(
-    op_name: str, inputs: Mapping[str, InputDescription], grads: Mapping[str, Any]
-) -> list[GradientProblem]:
+def validate_gradients(op_name: str, inputs: Mapping[str, InputDescription], grads: Mapping[str, Any]) -> list[GradientProblem]:
     """Every problem with ``grads`` (one entry per input name, as :func:`positional_to_dict` or a legacy
     dict gives them) against the inputs they are for."""
     problems: list[GradientProblem] = []
@@ -175,17 +179,21 @@ def validate_gradients(
             continue
         if desc.tensor is None:
             if grad is not None:
-                problems.append(GradientProblem(
-                    f"{op_name}: the gradient for input {desc.what()}: expected None (not a tensor), got {_show(grad)}",
-                    name,
-                ))
+                problems.append(
+                    GradientProblem(
+                        f"{op_name}: the gradient for input {desc.what()}: expected None (not a tensor), got {_show(grad)}",
+                        name,
+                    )
+                )
             continue
         if grad is None:
             continue
         if not isinstance(grad, torch.Tensor):
-            problems.append(GradientProblem(
-                f"{op_name}: the gradient for input {desc.what()}: expected a Tensor or None, got {_show(grad)}", name
-            ))
+            problems.append(
+                GradientProblem(
+                    f"{op_name}: the gradient for input {desc.what()}: expected a Tensor or None, got {_show(grad)}", name
+                )
+            )
             continue
         problems.extend(tensor_problems(op_name, f"'{name}'", grad, desc.tensor))
     return problems
@@ -196,31 +204,39 @@ def _list_problems(op_name: str, desc: InputDescription, grad: Any) -> list[Grad
     count = len(desc.elements)
     expected = f"a list of {count} (None or Tensor, one per element)"
     if not isinstance(grad, (list, tuple)):
-        return [GradientProblem(f"{op_name}: the gradient for input {desc.what()}: expected {expected}, got {_show(grad)}", desc.name)]
+        return [
+            GradientProblem(f"{op_name}: the gradient for input {desc.what()}: expected {expected}, got {_show(grad)}", desc.name)
+        ]
     if len(grad) != count:
-        return [GradientProblem(
-            f"{op_name}: the gradient for input {desc.what()}: expected {expected}, got a list of {len(grad)}", desc.name
-        )]
+        return [
+            GradientProblem(
+                f"{op_name}: the gradient for input {desc.what()}: expected {expected}, got a list of {len(grad)}", desc.name
+            )
+        ]
     problems = []
     for index, (g, meta) in enumerate(zip(grad, desc.elements)):
         label = f"'{desc.name}'[{index}]"
         if g is None:
             continue
         if not isinstance(g, torch.Tensor):
-            problems.append(GradientProblem(f"{op_name}: the gradient for input {label}: expected a Tensor or None, got {_show(g)}", desc.name))
+            problems.append(
+                GradientProblem(
+                    f"{op_name}: the gradient for input {label}: expected a Tensor or None, got {_show(g)}", desc.name
+                )
+            )
         elif meta is None:
-            problems.append(GradientProblem(
-                f"{op_name}: the gradient for input {label}: expected None (the element was None), got {_show(g)}", desc.name
-            ))
+            problems.append(
+                GradientProblem(
+                    f"{op_name}: the gradient for input {label}: expected None (the element was None), got {_show(g)}", desc.name
+                )
+            )
         else:
             problems.extend(tensor_problems(op_name, label, g, meta))
     return problems
 
 
 # -- from what backward returned to one entry per input name -------------------------------------------
-def positional_to_dict(
-    op_name: str, positional: Sequence[ArgInfo], result: Any
-) -> tuple[dict[str, Any], list[GradientProblem]]:
+def positional_to_dict(op_name: str, positional: Sequence[ArgInfo], result: Any) -> tuple[dict[str, Any], list[GradientProblem]]:
     """A ``register_autograd`` backward's result (a tuple, one per positional argument; or a single
     value for one argument) as a dict by argument name, and the count problems."""
     names = [a.name for a in positional]
@@ -228,46 +244,52 @@ def positional_to_dict(
     problems = []
     expected = f"{len(names)}, one per positional input ({', '.join(names)})"
     if len(entries) < len(names):
-        missing = names[len(entries):]
+        missing = names[len(entries) :]
         got = f"{len(entries)}" + ("" if isinstance(result, tuple) else f" ({_show(result)}, not a tuple)")
-        problems.append(GradientProblem(
-            f"{op_name}: backward returned {got} gradient(s), expected {expected}: "
-            f"nothing for input {', '.join(repr(m) for m in missing)}",
-            missing[0],
-        ))
+        problems.append(
+            GradientProblem(
+                f"{op_name}: backward returned {got} gradient(s), expected {expected}: "
+                f"nothing for input {', '.join(repr(m) for m in missing)}",
+                missing[0],
+            )
+        )
     elif len(entries) > len(names):
-        extra = entries[len(names):]
+        extra = entries[len(names) :]
         after = f"after the last input {names[-1]!r}" if names else "(the op has no inputs)"
         silently = " (torch drops a trailing None silently)" if all(e is None for e in extra) else ""
-        problems.append(GradientProblem(
-            f"{op_name}: backward returned {len(entries)} gradients, expected {expected}: extra trailing "
-            f"{'entry' if len(extra) == 1 else 'entries'} {', '.join(_show(e) for e in extra)} {after}{silently}",
-            names[-1] if names else None,
-        ))
+        problems.append(
+            GradientProblem(
+                f"{op_name}: backward returned {len(entries)} gradients, expected {expected}: extra trailing "
+                f"{'entry' if len(extra) == 1 else 'entries'} {', '.join(_show(e) for e in extra)} {after}{silently}",
+                names[-1] if names else None,
+            )
+        )
     return dict(zip(names, entries)), problems
 
 
-def validate_dict_keys(
-    op_name: str, arguments: Sequence[ArgInfo], result: Any
-) -> list[GradientProblem]:
+def validate_dict_keys(op_name: str, arguments: Sequence[ArgInfo], result: Any) -> list[GradientProblem]:
     """Problems with a legacy-contract backward result: a dict keyed by exactly the tensor-like inputs."""
     expected = [a.name for a in arguments if a.kind.is_tensor_like]
     shown_expected = "{" + ", ".join(repr(n) for n in expected) + "}"
     if not isinstance(result, dict):
-        return [GradientProblem(
-            f"{op_name}: backward must return a dict keyed by input name (the legacy contract), expected keys "
-            f"{shown_expected}, got {_show(result)}"
-        )]
+        return [
+            GradientProblem(
+                f"{op_name}: backward must return a dict keyed by input name (the legacy contract), expected keys "
+                f"{shown_expected}, got {_show(result)}"
+            )
+        ]
     shown_got = "{" + ", ".join(repr(k) for k in result) + "}"
     problems = []
     non_tensor = {a.name: a for a in arguments if not a.kind.is_tensor_like}
     for name in expected:
         if name not in result:
-            problems.append(GradientProblem(
-                f"{op_name}: the dict returned by backward has no key {name!r}: expected keys {shown_expected} "
-                f"(one per tensor input, None allowed), got {shown_got}",
-                name,
-            ))
+            problems.append(
+                GradientProblem(
+                    f"{op_name}: the dict returned by backward has no key {name!r}: expected keys {shown_expected} "
+                    f"(one per tensor input, None allowed), got {shown_got}",
+                    name,
+                )
+            )
     for key in result:
         if key in expected:
             continue
@@ -275,11 +297,13 @@ def validate_dict_keys(
             why = f"input {key!r} is a {non_tensor[key].type}, not a tensor: it takes no gradient"
         else:
             why = f"{op_name} has no input {key!r}"
-        problems.append(GradientProblem(
-            f"{op_name}: the dict returned by backward has an extra key {key!r} ({why}): expected keys "
-            f"{shown_expected}, got {shown_got}",
-            key if key in non_tensor else None,
-        ))
+        problems.append(
+            GradientProblem(
+                f"{op_name}: the dict returned by backward has an extra key {key!r} ({why}): expected keys "
+                f"{shown_expected}, got {shown_got}",
+                key if key in non_tensor else None,
+            )
+        )
     return problems
 
 

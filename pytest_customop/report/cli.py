@@ -26,7 +26,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pytest-customop", description="pytest-customop reports.")
     commands = parser.add_subparsers(dest="command", required=True)
     merge = commands.add_parser(
-        "merge", help="merge the JSON reports of several runs into one op x check x device x dtype matrix",
+        "merge",
+        help="merge the JSON reports of several runs into one op x check x device x dtype matrix",
         description="Merge --customop-report=json:PATH files (or merged files) of several runs into one matrix.",
     )
     merge.add_argument("inputs", nargs="+", metavar="REPORT", help="JSON reports (or merged documents) to merge")
@@ -61,9 +62,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import json
 
     from .formats import matrix_html
-    from .writing import write_text
     from .matrix_views import matrix_markdown, matrix_terminal
     from .merge import InputError, merge_runs, read_inputs
+    from .writing import write_text
 
     try:
         matrix = merge_runs(read_inputs(list(args.inputs)))

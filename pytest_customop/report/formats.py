@@ -66,13 +66,13 @@ def parse_target(value: str, base_dir: str) -> ReportTarget:
                 " (the bare flag takes no value: write --customop-report=FORMAT:PATH for a file, and put "
                 "a bare --customop-report after the test paths or before another option)"
             )
-        raise TargetError(
-            f"{given}: expected FORMAT:PATH with FORMAT one of {', '.join(FORMATS)}{hint}"
-        )
+        raise TargetError(f"{given}: expected FORMAT:PATH with FORMAT one of {', '.join(FORMATS)}{hint}")
     if not path.strip():
         raise TargetError(f"{given}: no path after {fmt}:")
     if path.strip().endswith(("/", os.sep)):
-        raise TargetError(f"{given}: the path ends with a slash, so it names a folder; give a file path such as {path.strip()}report.{fmt}")
+        raise TargetError(
+            f"{given}: the path ends with a slash, so it names a folder; give a file path such as {path.strip()}report.{fmt}"
+        )
     full = os.path.abspath(os.path.join(base_dir, os.path.expanduser(path.strip())))
     _check_writable(full, given)
     return ReportTarget(fmt, full)
@@ -225,7 +225,14 @@ code{background:#f5f5f5;padding:0 .2em}
 .filter{margin:.5em 0;display:inline-block;cursor:pointer}
 body:has(#only-failures:checked) tr.clean,body:has(#only-failures:checked) section.op.clean{display:none}
 """.strip()
-_HTML_CELL = {"passed": "passed", "failed": "FAILED", "error": "ERROR", "skipped": "skipped", "xfailed": "xfail", "xpassed": "XPASS"}
+_HTML_CELL = {
+    "passed": "passed",
+    "failed": "FAILED",
+    "error": "ERROR",
+    "skipped": "skipped",
+    "xfailed": "xfail",
+    "xpassed": "XPASS",
+}
 _BAD = ("failed", "error", "xpassed")
 
 
@@ -248,7 +255,7 @@ def to_html(report: Report) -> str:
     return matrix_html(matrix_from_report(report), header=report.header_text())
 
 
-def matrix_html(matrix: "Matrix", header: Optional[str] = None) -> str:
+def matrix_html(matrix: Matrix, header: Optional[str] = None) -> str:
     """The page of a matrix (one run or many merged): per op a table of checks x ``device/dtype`` whose
     cells open a panel with each run's whole message, the command that reruns it, its duration, where it
     ran and, for a failed gradient, a heat map of |got - expected|; the environment of every run; a filter
@@ -267,8 +274,10 @@ def matrix_html(matrix: "Matrix", header: Optional[str] = None) -> str:
     if header:
         out.append(f'<p class="header">{_h(header)}</p>')
     out.append(f'<p class="totals"><strong>{_h(matrix.totals_text())}</strong></p>')
-    out.append('<input type="checkbox" id="only-failures"><label class="filter" for="only-failures"> show only '
-               "failures, errors, XPASS and conflicts</label>")
+    out.append(
+        '<input type="checkbox" id="only-failures"><label class="filter" for="only-failures"> show only '
+        "failures, errors, XPASS and conflicts</label>"
+    )
     out.append('<table class="environments"><thead><tr><th>env</th><th>machine</th><th>runs</th></tr></thead><tbody>')
     for label, environment in matrix.environments().items():
         seeds = {run.source: run.seed for run, run_label in zip(matrix.runs, matrix.labels) if run_label == label}
@@ -280,7 +289,8 @@ def matrix_html(matrix: "Matrix", header: Optional[str] = None) -> str:
         checks, columns = matrix.checks_of(op), matrix.columns_of(op)
         op_bad = any(
             (cell := matrix.cell(op, check, column)) is not None and (cell.conflict or cell.outcome in _BAD)
-            for check in checks for column in columns
+            for check in checks
+            for column in columns
         ) or any(e.row.outcome in _BAD for e in matrix.unplaced if e.row.op == op)
         heading = f"<code>{_h(op)}</code>" if op else "items whose op is not known"
         out.append(f'<section class="op{"" if op_bad else " clean"}"><h2>{heading}</h2>')
@@ -313,7 +323,9 @@ def matrix_html(matrix: "Matrix", header: Optional[str] = None) -> str:
                         f'<td class="{classes}" data-op="{_h(op or "")}" data-check="{_h(check)}" data-column="{_h(column)}">'
                         f'<label for="{opener}">{_h(text)}</label><span class="duration">{_h(_duration(cell.duration_s))}</span></td>'
                     )
-                out.append(f'<tr class="check-row{"" if row_bad else " clean"}"><th>{_h(check)}</th>' + "".join(cells_html) + "</tr>")
+                out.append(
+                    f'<tr class="check-row{"" if row_bad else " clean"}"><th>{_h(check)}</th>' + "".join(cells_html) + "</tr>"
+                )
             out.append("</tbody></table>")
             for opener, check, column, cell in entries_in_order:
                 panels.append(_html_panel(matrix, opener, f"{check} {column}", cell.entries, heatmap_svg, cell.conflict))
@@ -362,7 +374,7 @@ def matrix_html(matrix: "Matrix", header: Optional[str] = None) -> str:
     return "\n".join(out) + "\n"
 
 
-def _html_panel(matrix: "Matrix", opener: str, what: str, entries: list, heatmap_svg: Callable, conflict: bool) -> str:
+def _html_panel(matrix: Matrix, opener: str, what: str, entries: list, heatmap_svg: Callable, conflict: bool) -> str:
     """The panel a cell opens: every run's result in it, whole message, reproduce command, heat map."""
     outcome = worst([e.row.outcome for e in entries])
     parts = [

@@ -142,15 +142,34 @@ def parse_journal(text: str, path: str) -> list[dict[str, Any]]:
     return records
 
 
-def _row(nodeid: str, meta: dict[str, Any], outcome: str, message: str, duration: float = 0.0,
-         samples: Optional[dict[str, int]] = None) -> Row:
-    return Row(meta.get("op"), meta.get("check"), meta.get("device"), meta.get("dtype"), outcome, message,
-               duration, nodeid, samples, ran_on=meta.get("ran_on"), device_name=meta.get("device_name"),
-               details=meta.get("details") or "", heatmap=meta.get("heatmap"))
+def _row(
+    nodeid: str, meta: dict[str, Any], outcome: str, message: str, duration: float = 0.0, samples: Optional[dict[str, int]] = None
+) -> Row:
+    return Row(
+        meta.get("op"),
+        meta.get("check"),
+        meta.get("device"),
+        meta.get("dtype"),
+        outcome,
+        message,
+        duration,
+        nodeid,
+        samples,
+        ran_on=meta.get("ran_on"),
+        device_name=meta.get("device_name"),
+        details=meta.get("details") or "",
+        heatmap=meta.get("heatmap"),
+    )
 
 
-def build_report(records: list[dict[str, Any]], *, torch: Optional[str] = None, devices: Optional[list[str]] = None,
-                 source: Optional[str] = None, environment: Optional[dict[str, Any]] = None) -> Report:
+def build_report(
+    records: list[dict[str, Any]],
+    *,
+    torch: Optional[str] = None,
+    devices: Optional[list[str]] = None,
+    source: Optional[str] = None,
+    environment: Optional[dict[str, Any]] = None,
+) -> Report:
     """The report of a journal's records: a row per result, a row per collected item without one.
 
     ``torch``, ``devices`` and ``environment`` (the run's machine, :func:`..devices.run_environment`) are
@@ -164,7 +183,10 @@ def build_report(records: list[dict[str, Any]], *, torch: Optional[str] = None, 
     coverage: dict[str, dict[str, list[str]]] = {}
     warnings: list[str] = []
     machine: dict[str, Any] = dict(environment or {})
-    environment_: dict[str, Any] = {"torch": header.get("torch") or torch or "?", "devices": list(header.get("devices") or devices or [])}
+    environment_: dict[str, Any] = {
+        "torch": header.get("torch") or torch or "?",
+        "devices": list(header.get("devices") or devices or []),
+    }
     end: Optional[dict[str, Any]] = None
     for record in records:
         kind = record.get("kind")
@@ -189,7 +211,14 @@ def build_report(records: list[dict[str, Any]], *, torch: Optional[str] = None, 
         elif kind == "end":
             end = record
     rows = [
-        _row(nodeid, r, str(r.get("outcome", "error")), str(r.get("message") or ""), float(r.get("duration_s") or 0.0), r.get("samples"))
+        _row(
+            nodeid,
+            r,
+            str(r.get("outcome", "error")),
+            str(r.get("message") or ""),
+            float(r.get("duration_s") or 0.0),
+            r.get("samples"),
+        )
         for nodeid, r in results.items()
     ]
     not_run = [nodeid for nodeid in items if nodeid not in results]
@@ -197,7 +226,9 @@ def build_report(records: list[dict[str, Any]], *, torch: Optional[str] = None, 
     stopped = (end or {}).get("stopped")
     if crashed:
         names = ", ".join(crashed)
-        warnings.append(f"pytest-xdist worker(s) {names} crashed; the item each was running, and any item left unrun, are reported as errors")
+        warnings.append(
+            f"pytest-xdist worker(s) {names} crashed; the item each was running, and any item left unrun, are reported as errors"
+        )
         rows += [_row(n, items[n], "error", f"not run: pytest-xdist worker(s) {names} crashed") for n in not_run]
     elif end is None:
         where = f" (the report is rebuilt from the journal {source})" if source else ""
@@ -207,7 +238,11 @@ def build_report(records: list[dict[str, Any]], *, torch: Optional[str] = None, 
         )
         for nodeid in not_run:
             if nodeid in started:
-                rows.append(_row(nodeid, items[nodeid], "error", "crashed: the process ended while this item ran (no result was recorded)"))
+                rows.append(
+                    _row(
+                        nodeid, items[nodeid], "error", "crashed: the process ended while this item ran (no result was recorded)"
+                    )
+                )
             else:
                 rows.append(_row(nodeid, items[nodeid], "skipped", "not run: the run never finished"))
     elif not_run:

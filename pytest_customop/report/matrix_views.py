@@ -70,13 +70,19 @@ def matrix_terminal(matrix: Matrix, width: int) -> list[Line]:
                 header = _INDENT + "check".ljust(label_width) + "".join(_GAP + columns[i].ljust(widths[i]) for i in group)
                 lines.append([(header.rstrip(), {"bold": True})])
                 if matrix.merged:
-                    sub = _INDENT + "(ran in)".ljust(label_width) + "".join(_GAP + ran[columns[i]].ljust(widths[i]) for i in group)
+                    sub = (
+                        _INDENT + "(ran in)".ljust(label_width) + "".join(_GAP + ran[columns[i]].ljust(widths[i]) for i in group)
+                    )
                     lines.append([(sub.rstrip(), {})])
                 for check in checks:
                     line: Line = [(_INDENT + check.ljust(label_width), {})]
                     for i in group:
                         text = texts[(check, columns[i])]
-                        line += [(_GAP, {}), (text, _markup(matrix.cell(op, check, columns[i]))), (" " * (widths[i] - len(text)), {})]
+                        line += [
+                            (_GAP, {}),
+                            (text, _markup(matrix.cell(op, check, columns[i]))),
+                            (" " * (widths[i] - len(text)), {}),
+                        ]
                     while line and not line[-1][0].strip():
                         line.pop()
                     lines.append(line)
@@ -96,7 +102,14 @@ def matrix_terminal(matrix: Matrix, width: int) -> list[Line]:
     for warning in matrix.warnings():
         lines.extend([(wrapped, {"yellow": True, "bold": True})] for wrapped in _wrapped(f"warning: {warning}", width, ""))
     lines.append([])
-    lines.append([(f"customop: {matrix.totals_text()}", {"red": True, "bold": True} if matrix.failures() or conflicts else {"green": True})])
+    lines.append(
+        [
+            (
+                f"customop: {matrix.totals_text()}",
+                {"red": True, "bold": True} if matrix.failures() or conflicts else {"green": True},
+            )
+        ]
+    )
     return lines
 
 
@@ -112,7 +125,9 @@ def matrix_markdown(matrix: Matrix) -> str:
         out += [f"### {md_code(op) if op else 'items whose op is not known'}", ""]
         checks, columns = matrix.checks_of(op), matrix.columns_of(op)
         if checks:
-            out.append("| check | " + " | ".join(f"{md_escape(c)} ({', '.join(matrix.column_labels(op, c))})" for c in columns) + " |")
+            out.append(
+                "| check | " + " | ".join(f"{md_escape(c)} ({', '.join(matrix.column_labels(op, c))})" for c in columns) + " |"
+            )
             out.append("|---|" + "---|" * len(columns))
             for check in checks:
                 cells = []
@@ -125,7 +140,8 @@ def matrix_markdown(matrix: Matrix) -> str:
         reasons = [
             f"- **{e.row.outcome.upper()}** {md_escape(_where(e, matrix.merged))}: {md_escape(e.row.message or '(no message)')}  \n"
             f"  reproduce: {md_code(matrix.repro(e))}"
-            for e in matrix.failures() if e.row.op == op
+            for e in matrix.failures()
+            if e.row.op == op
         ]
         out += reasons + ([""] if reasons else [])
     conflicts = matrix.conflicts()

@@ -117,19 +117,32 @@ def _read_json_report(path: str, text: str) -> list[Run]:
         runs = []
         for number, run in enumerate(document.get("runs", [])):
             rows = [_row_from_json(r) for r in document["results"] if r.get("run") == number]
-            runs.append(Run(
-                run.get("source", f"{path}#{number}"), rows, dict(run.get("environment") or {}), run.get("seed"),
-                list(run.get("check_order") or []), _coverage_from_json(run.get("coverage") or []),
-                list(run.get("warnings") or []), run.get("kind", "report"),
-            ))
+            runs.append(
+                Run(
+                    run.get("source", f"{path}#{number}"),
+                    rows,
+                    dict(run.get("environment") or {}),
+                    run.get("seed"),
+                    list(run.get("check_order") or []),
+                    _coverage_from_json(run.get("coverage") or []),
+                    list(run.get("warnings") or []),
+                    run.get("kind", "report"),
+                )
+            )
         return runs
     environment = dict(document.get("environment") or {})
     environment.setdefault("torch", document.get("torch"))  # version 1 knew only the torch version
-    return [Run(
-        path, [_row_from_json(r) for r in document["results"]], environment, document.get("seed"),
-        list(document.get("check_order") or []), _coverage_from_json(document.get("coverage") or []),
-        list(document.get("warnings") or []),
-    )]
+    return [
+        Run(
+            path,
+            [_row_from_json(r) for r in document["results"]],
+            environment,
+            document.get("seed"),
+            list(document.get("check_order") or []),
+            _coverage_from_json(document.get("coverage") or []),
+            list(document.get("warnings") or []),
+        )
+    ]
 
 
 #: The input kinds, tried in order.
@@ -143,8 +156,18 @@ def _read_journal(path: str, text: str) -> list[Run]:
         raise InputError(str(exc)) from None
     environment = dict(report.environment)
     environment.setdefault("torch", report.torch)
-    return [Run(path, list(report.rows), environment, report.seed, list(report.check_order), list(report.coverage),
-                list(report.warnings), "journal")]
+    return [
+        Run(
+            path,
+            list(report.rows),
+            environment,
+            report.seed,
+            list(report.check_order),
+            list(report.coverage),
+            list(report.warnings),
+            "journal",
+        )
+    ]
 
 
 def _is_journal(path: str, head: str) -> bool:
@@ -326,9 +349,14 @@ class Matrix:
         return out
 
     def conflicts(self) -> list[tuple[Optional[str], str, str, Cell]]:
-        return [(op, check, column, cell) for (op, check, column), cell in sorted(
-            self.cells.items(), key=lambda kv: (kv[0][0] or "", self._check_key(kv[0][1]), column_sort_key(kv[0][2], self.devices))
-        ) if cell.conflict]
+        return [
+            (op, check, column, cell)
+            for (op, check, column), cell in sorted(
+                self.cells.items(),
+                key=lambda kv: (kv[0][0] or "", self._check_key(kv[0][1]), column_sort_key(kv[0][2], self.devices)),
+            )
+            if cell.conflict
+        ]
 
     def repro(self, entry: Entry) -> str:
         seed = self.runs[entry.run].seed
@@ -343,7 +371,9 @@ class Matrix:
     def totals_text(self) -> str:
         counts = self.totals()
         items = sum(counts.values())
-        text = ", ".join(f"{n} {o}" for o in ("passed", "failed", "skipped", "xfailed", "xpassed", "error") if (n := counts.get(o)))
+        text = ", ".join(
+            f"{n} {o}" for o in ("passed", "failed", "skipped", "xfailed", "xpassed", "error") if (n := counts.get(o))
+        )
         runs = f" from {len(self.runs)} run(s)" if self.merged else ""
         conflicts = len(self.conflicts())
         extra = f", {conflicts} conflict(s)" if conflicts else ""
@@ -360,7 +390,9 @@ class Matrix:
                 known["no_autograd"] |= set(entry.no_autograd)
                 known["untested"] |= set(entry.untested)
         return [
-            NamespaceCoverage(ns, sorted(k["ops"]), sorted(op for op in k["untested"] if op not in tested), sorted(k["no_autograd"]))
+            NamespaceCoverage(
+                ns, sorted(k["ops"]), sorted(op for op in k["untested"] if op not in tested), sorted(k["no_autograd"])
+            )
             for ns, k in sorted(merged.items())
         ]
 
@@ -394,8 +426,13 @@ class Matrix:
             ],
             "results": results,
             "conflicts": [
-                {"op": op, "check": check, "device": column.partition("/")[0], "dtype": column.partition("/")[2],
-                 "outcomes": cell.outcome_by_label()}
+                {
+                    "op": op,
+                    "check": check,
+                    "device": column.partition("/")[0],
+                    "dtype": column.partition("/")[2],
+                    "outcomes": cell.outcome_by_label(),
+                }
                 for op, check, column, cell in self.conflicts()
             ],
         }
@@ -435,7 +472,7 @@ def merge_runs(runs: list[Run]) -> Matrix:
                 unplaced.append(entry)
                 continue
             cells.setdefault((row.op, row.check, row.column), Cell([])).entries.append(entry)
-    for op, check, column in cells:
+    for _op, _check, column in cells:
         device = column.partition("/")[0]
         if device not in devices:
             devices.append(device)
@@ -445,8 +482,15 @@ def merge_runs(runs: list[Run]) -> Matrix:
 def matrix_from_report(report: Report, source: str = "this run") -> Matrix:
     """A single run's report as a matrix (what its HTML page shows)."""
     environment = dict(report.environment) or {"torch": report.torch}
-    run = Run(source, list(report.rows), environment, report.seed, list(report.check_order), list(report.coverage),
-              list(report.warnings))
+    run = Run(
+        source,
+        list(report.rows),
+        environment,
+        report.seed,
+        list(report.check_order),
+        list(report.coverage),
+        list(report.warnings),
+    )
     matrix = merge_runs([run])
     matrix.devices = list(report.devices) + [d for d in matrix.devices if d not in report.devices]
     return matrix

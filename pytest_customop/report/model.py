@@ -43,7 +43,7 @@ def repro_command(nodeid: str, seed: int) -> str:
     """The command line that reruns one item with the same seed (a ``--customop-namespace`` item by
     its namespace and name: its node id ``customop::ns::op[...]`` is no path pytest can collect)."""
     if nodeid.startswith("customop::"):
-        name = nodeid[len("customop::"):]
+        name = nodeid[len("customop::") :]
         namespace = name.split("::", 1)[0]
         return f"pytest --customop-namespace={namespace} -k {shlex.quote(name)} --customop-seed={seed}"
     return f"pytest {shlex.quote(nodeid)} --customop-seed={seed}"
@@ -59,16 +59,14 @@ def first_line(text: str) -> str:
 
 def finding_notes(message: str) -> list[str]:
     """The notes of ``message`` (an item's notes joined by "; ") that report a finding, each whole."""
-    starts = sorted(
-        index for prefix in FINDING_NOTE_PREFIXES for index in _occurrences(message, prefix)
-    )
+    starts = sorted(index for prefix in FINDING_NOTE_PREFIXES for index in _occurrences(message, prefix))
     return [message[start:end].rstrip("; ").strip() for start, end in zip(starts, starts[1:] + [len(message)])]
 
 
 def _occurrences(text: str, prefix: str) -> list[int]:
     found, start = [], text.find(prefix)
     while start >= 0:
-        if start == 0 or text[max(0, start - 2):start] == "; ":
+        if start == 0 or text[max(0, start - 2) : start] == "; ":
             found.append(start)
         start = text.find(prefix, start + 1)
     return found
@@ -256,7 +254,7 @@ class Report:
 
     def totals(self) -> dict[str, int]:
         """How many rows ended in each outcome (every outcome listed, zeros included)."""
-        counts = {outcome: 0 for outcome in OUTCOMES}
+        counts = dict.fromkeys(OUTCOMES, 0)
         for row in self.rows:
             counts[row.outcome] = counts.get(row.outcome, 0) + 1
         return counts
@@ -264,10 +262,7 @@ class Report:
     def totals_text(self) -> str:
         """``3 passed, 1 failed in 4 items over 2 ops`` (zero counts left out)."""
         counts = [f"{n} {outcome}" for outcome, n in self.totals().items() if n]
-        return (
-            f"{', '.join(counts) or 'no results'} in {len(self.rows)} item(s) over "
-            f"{len(self.ops())} op(s)"
-        )
+        return f"{', '.join(counts) or 'no results'} in {len(self.rows)} item(s) over {len(self.ops())} op(s)"
 
     def header_text(self) -> str:
         return f"torch {self.torch}, devices: {', '.join(self.devices) or 'none'}, seed: {self.seed}"

@@ -146,8 +146,10 @@ class ReportPlugin:
         option = self.config.option
         # Listing or collecting only runs nothing: the reports of an earlier run are left alone.
         self.writes = bool(targets) and not getattr(option, "collectonly", False) and not getattr(option, "customop_list", False)
-        self.journal = Journal(self._journal_path() if self.writes and self.is_controller else None,
-                               {"seed": session.settings.seed, "torch": _installed_torch_version()})
+        self.journal = Journal(
+            self._journal_path() if self.writes and self.is_controller else None,
+            {"seed": session.settings.seed, "torch": _installed_torch_version()},
+        )
 
     @property
     def enabled(self) -> bool:
@@ -178,7 +180,9 @@ class ReportPlugin:
                 from ..devices import available_devices, run_environment
 
                 self.journal.record(
-                    "environment", torch=str(sys.modules["torch"].__version__), devices=available_devices(),
+                    "environment",
+                    torch=str(sys.modules["torch"].__version__),
+                    devices=available_devices(),
                     environment=run_environment(),
                 )
             self._journal_items(self.items)
@@ -205,7 +209,8 @@ class ReportPlugin:
             from ..devices import where_item_runs
 
             item.stash[_where_key] = where_item_runs(meta["device"])
-        info.update(item.stash.get(_where_key, None) or {})
+        where: dict[str, str] = item.stash.get(_where_key, {})
+        info.update(where)
         report.customop = info  # builtins only: pytest-xdist serializes the report's attributes
         if self.enabled and not self.is_controller and not self._items_sent:
             # The first report a worker sends carries every item it collected, so that the controller
@@ -260,10 +265,20 @@ class ReportPlugin:
         if self.reruns.get(nodeid):
             message = "; ".join(filter(None, [f"{outcome} after {self.reruns[nodeid]} rerun(s)", message]))
         self.journal.record(
-            "result", nodeid=nodeid, op=meta.get("op"), check=meta.get("check"), device=meta.get("device"),
-            dtype=meta.get("dtype"), outcome=outcome, message=message, duration_s=round(phases.duration, 6),
-            samples=meta.get("samples"), ran_on=meta.get("ran_on"), device_name=meta.get("device_name"),
-            details=phases.details(), heatmap=meta.get("heatmap"),
+            "result",
+            nodeid=nodeid,
+            op=meta.get("op"),
+            check=meta.get("check"),
+            device=meta.get("device"),
+            dtype=meta.get("dtype"),
+            outcome=outcome,
+            message=message,
+            duration_s=round(phases.duration, 6),
+            samples=meta.get("samples"),
+            ran_on=meta.get("ran_on"),
+            device_name=meta.get("device_name"),
+            details=phases.details(),
+            heatmap=meta.get("heatmap"),
         )
 
     def pytest_keyboard_interrupt(self, excinfo: Any) -> None:
@@ -309,7 +324,9 @@ class ReportPlugin:
             self.report = self.build()
         except Exception as exc:  # the plugin's own bug: say so, and leave junit.xml and the journal be
             self.journal.close(remove=False)
-            warnings.warn(pytest.PytestWarning(f"pytest-customop: could not build the report: {type(exc).__name__}: {exc}"), stacklevel=1)
+            warnings.warn(
+                pytest.PytestWarning(f"pytest-customop: could not build the report: {type(exc).__name__}: {exc}"), stacklevel=1
+            )
             return
         for target in self.targets:
             if target.path is None:
@@ -318,9 +335,12 @@ class ReportPlugin:
                 write_report(self.report, target)
             except Exception as exc:  # one file lost is not every report lost
                 self.not_written.append((target, f"{type(exc).__name__}: {exc}"))
-                warnings.warn(pytest.PytestWarning(
-                    f"pytest-customop: could not write the {target.format} report to {target.path}: {type(exc).__name__}: {exc}"
-                ), stacklevel=1)
+                warnings.warn(
+                    pytest.PytestWarning(
+                        f"pytest-customop: could not write the {target.format} report to {target.path}: {type(exc).__name__}: {exc}"
+                    ),
+                    stacklevel=1,
+                )
             else:
                 self.written.append(target)
         if self.journal.error:

@@ -26,7 +26,7 @@ CELL_TEXT = {
     "xfailed": ("xfail", {"yellow": True}),
     "xpassed": ("XPASS", {"yellow": True, "bold": True}),
 }
-_NO_ITEM = ("-", {})
+_NO_ITEM: tuple[str, dict[str, bool]] = ("-", {})
 _GAP = "  "
 _INDENT = "  "
 
@@ -88,8 +88,12 @@ def _op_table(report: Report, rows: list[Row], width: int) -> list[Line]:
 
 def _wrapped(text: str, width: int, indent: str) -> list[str]:
     return textwrap.wrap(
-        text, width=max(width, 40), initial_indent=indent, subsequent_indent=indent + "  ",
-        break_long_words=False, break_on_hyphens=False,
+        text,
+        width=max(width, 40),
+        initial_indent=indent,
+        subsequent_indent=indent + "  ",
+        break_long_words=False,
+        break_on_hyphens=False,
     ) or [indent]
 
 
@@ -101,13 +105,13 @@ def _reasons(report: Report, rows: list[Row], width: int) -> list[Line]:
         text, markup = CELL_TEXT[row.outcome]
         where = row.where()
         first, *rest = _wrapped(f"{text} {where}: {row.message or '(no message)'}", width, _INDENT)
-        lines.append([(first[: len(_INDENT) + len(text)], markup), (first[len(_INDENT) + len(text):], {})])
+        lines.append([(first[: len(_INDENT) + len(text)], markup), (first[len(_INDENT) + len(text) :], {})])
         lines.extend([(line, {})] for line in rest)
         lines.append([(f"{_INDENT * 2}reproduce: {report.repro(row)}", {})])  # unwrapped: copy-pasteable
     for row in rows:
         for note in row.finding_notes:  # found without failing the item: a suspected edge
             first, *rest = _wrapped(f"NOTE {row.where()}: {note}", width, _INDENT)
-            lines.append([(first[: len(_INDENT) + 4], {"yellow": True, "bold": True}), (first[len(_INDENT) + 4:], {})])
+            lines.append([(first[: len(_INDENT) + 4], {"yellow": True, "bold": True}), (first[len(_INDENT) + 4 :], {})])
             lines.extend([(line, {})] for line in rest)
     return lines
 

@@ -53,8 +53,12 @@ def readable_report(report: Report) -> Report:
         rows=[_readable_row(row) for row in report.rows],
         warnings=[readable_text(w) for w in report.warnings],
         coverage=[
-            NamespaceCoverage(readable_text(c.namespace), [readable_text(o) for o in c.ops],
-                              [readable_text(o) for o in c.untested], [readable_text(o) for o in c.no_autograd])
+            NamespaceCoverage(
+                readable_text(c.namespace),
+                [readable_text(o) for o in c.ops],
+                [readable_text(o) for o in c.untested],
+                [readable_text(o) for o in c.no_autograd],
+            )
             for c in report.coverage
         ],
     )
