@@ -145,7 +145,6 @@ def _read_json_report(path: str, text: str) -> list[Run]:
     ]
 
 
-#: The input kinds, tried in order.
 def _read_journal(path: str, text: str) -> list[Run]:
     """A journal (report/journal.py): the run it records, finished or not."""
     from .journal import JournalError, report_from_journal_text
@@ -154,20 +153,7 @@ def _read_journal(path: str, text: str) -> list[Run]:
         report = report_from_journal_text(path, text)
     except JournalError as exc:
         raise InputError(str(exc)) from None
-    environment = dict(report.environment)
-    environment.setdefault("torch", report.torch)
-    return [
-        Run(
-            path,
-            list(report.rows),
-            environment,
-            report.seed,
-            list(report.check_order),
-            list(report.coverage),
-            list(report.warnings),
-            "journal",
-        )
-    ]
+    return [run_of_report(report, path, kind="journal")]
 
 
 def _is_journal(path: str, head: str) -> bool:
@@ -479,10 +465,10 @@ def merge_runs(runs: list[Run]) -> Matrix:
     return Matrix(runs, run_labels, cells, unplaced, check_order, devices)
 
 
-def matrix_from_report(report: Report, source: str = "this run") -> Matrix:
-    """A single run's report as a matrix (what its HTML page shows)."""
+def run_of_report(report: Report, source: str, kind: str = "report") -> Run:
+    """One run's :class:`Report` (this process's, or rebuilt from a journal) as a :class:`Run`."""
     environment = dict(report.environment) or {"torch": report.torch}
-    run = Run(
+    return Run(
         source,
         list(report.rows),
         environment,
@@ -490,7 +476,12 @@ def matrix_from_report(report: Report, source: str = "this run") -> Matrix:
         list(report.check_order),
         list(report.coverage),
         list(report.warnings),
+        kind,
     )
-    matrix = merge_runs([run])
+
+
+def matrix_from_report(report: Report, source: str = "this run") -> Matrix:
+    """A single run's report as a matrix (what its HTML page shows)."""
+    matrix = merge_runs([run_of_report(report, source)])
     matrix.devices = list(report.devices) + [d for d in matrix.devices if d not in report.devices]
     return matrix
