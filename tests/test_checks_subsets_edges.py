@@ -170,6 +170,37 @@ def test_edge_shapes_fail_a_backward_that_raises_on_a_proven_empty_batch(pyteste
     )
 
 
+def test_edge_shapes_prove_the_reference_of_a_float32_only_marker(pytester, ns, run):
+    # Wrong only on a batch of one row, at every dtype: the float32 item's float64 reference is wrong the
+    # same way, so it must itself be proven against finite differences to catch the bug.
+    write(
+        pytester,
+        ns,
+        prelude=SIN,
+        body="""
+        def backward(ctx, grad):
+            (x,) = ctx.saved_tensors
+            sign = -1.0 if x.shape[0] == 1 else 1.0  # a single-row launch path with the sign flipped
+            return sign * grad * torch.cos(x)
+
+        op = define_sin("sin_one_row", backward)
+
+        @pytest.mark.customop(op, samples=rows, checks=["edge_shapes", "gradcheck"], dtypes=[torch.float32], devices=["cpu"])
+        def test_sin(customop):
+            customop.check()
+    """,
+    )
+    result = run("-v")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*test_sin[[]cpu-float32-gradcheck[]] PASSED*",
+            f"*{ns}::sin_one_row edge_shapes failed on cpu float32: 1 of 1 sample(s)",
+            "    on a proven edge (dimension 0, shared by 'x' and the output, sliced to 1)*float64 gradient of input 'x'*",
+        ]
+    )
+
+
 ZERO_DIM_BUG = """
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
