@@ -37,6 +37,18 @@ def exits(x: torch.Tensor) -> torch.Tensor:
 
 exits.register_autograd(lambda ctx, grad: grad)
 
+@custom_op("{ns}::counts_only", mutates_args=())
+def counts_only(x: torch.Tensor) -> torch.Tensor:
+    # a domain check: whole numbers only, which finite differences step off
+    if not bool((x == x.round()).all()):
+        raise ValueError("counts_only takes whole numbers")
+    return x * 2
+
+counts_only.register_autograd(lambda ctx, grad: grad * 2)
+
+def whole(device, dtype, requires_grad):
+    yield SampleInput(torch.tensor([1.0, 2.0, 3.0], device=device, dtype=dtype, requires_grad=requires_grad))
+
 def endless(device, dtype, requires_grad):
     for _ in itertools.count():
         yield SampleInput(torch.ones(2, device=device, dtype=dtype, requires_grad=requires_grad))
@@ -57,6 +69,10 @@ def test_correct_op_with_grad_mode_off(customop):
 
 @marked(exits, checks=["gradcheck"])
 def test_op_calls_sys_exit(customop):
+    customop.check()
+
+@marked(counts_only, samples=whole, checks=["gradcheck"])
+def test_forward_off_its_domain(customop):
     customop.check()
 
 @marked(double, checks=["gradcheck"])
@@ -83,13 +99,15 @@ def test_yield_with_raising_repr(customop):
     )
     result = run("--customop-report=json:report.json")
     outcomes = result.parseoutcomes()
-    assert outcomes["failed"] == 5 and outcomes["passed"] >= 3, outcomes  # the correct op passes every check that applies
+    assert outcomes["failed"] == 6 and outcomes["passed"] >= 3, outcomes  # the correct op passes every check that applies
     result.stdout.no_fnmatch_line("FAILED *test_correct_op_with_grad_mode_off*")
     text = result.stdout.str()
     assert "Traceback" not in text and "no repr for you" not in text
     result.stdout.fnmatch_lines_random(
         [
             f"*{ns}::exits gradcheck on cpu float64: the op raised SystemExit(3) during the check*",
+            "*the forward raised on an input moved by eps=1e-06 for finite differences (it ran on the sample itself*"
+            "ValueError: counts_only takes whole numbers",
             "*::test_never_checks*: requests the customop fixture but never calls customop.check()*nothing was verified*",
             "*customop marker argument 'samples': samples(device='cpu', dtype=torch.float64, requires_grad=True) "
             "yielded more than 256 samples (an endless generator?)*",

@@ -141,3 +141,33 @@ def test_an_unsupported_torch_stops_pytest_at_start_with_one_message(pytester, m
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: pytest-customop: torch 2.3.1 is installed; pytest-customop needs torch>=2.4 *"])
     assert not any("passed" in line for line in result.outlines)  # nothing ran
+
+
+def test_an_error_in_gradchecks_finite_differences_is_told_from_one_in_the_backward():
+    import torch
+
+    from pytest_customop.torch_internals import raised_in_finite_differences
+
+    def moved_off(x):  # the forward refuses any input but the one it was given
+        if not bool((x == x.round()).all()):
+            raise ValueError("whole numbers only")
+        return x * 2
+
+    class BadBackward(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x * 2
+
+        @staticmethod
+        def backward(ctx, grad):
+            raise ValueError("backward broke")
+
+    for fast_mode in (False, True):
+        # fresh each time: a gradcheck stopped inside its finite differences leaves its input moved
+        x = torch.tensor([1.0, 2.0], dtype=torch.float64, requires_grad=True)
+        with pytest.raises(ValueError) as forward_error:
+            torch.autograd.gradcheck(moved_off, (x,), fast_mode=fast_mode)
+        assert raised_in_finite_differences(forward_error.value)
+        with pytest.raises(ValueError) as backward_error:
+            torch.autograd.gradcheck(BadBackward.apply, (x,), fast_mode=fast_mode)
+        assert not raised_in_finite_differences(backward_error.value)

@@ -41,7 +41,7 @@ from ..differentiation import (
 from ..dtypes import Tolerance, dtype_id, is_reference_precision, reference_dtype
 from ..precision import ladder, loss_function, loss_rounding, prove_directional
 from ..report.heatmap import difference_grid
-from ..torch_internals import make_undefined_grad, replaced_slow_mode_error
+from ..torch_internals import make_undefined_grad, raised_in_finite_differences, replaced_slow_mode_error
 from ._support import gradient_samples, integer_outputs_reason
 from .base import Check, CheckContext, CheckResult, Finding, format_user_traceback
 
@@ -444,6 +444,13 @@ class _GradientCheck(Check):
                     index,
                     f"{ctx.op.name} has no autograd formula: {_first_lines(str(error), 1)} "
                     "(register one with torch.library.register_autograd)",
+                )
+            if raised_in_finite_differences(error):
+                return Finding(
+                    index,
+                    f"the forward raised on an input moved by eps={eps:g} for finite differences (it ran on the "
+                    f"sample itself; if such inputs are outside the op's domain, give samples away from its edges "
+                    f"or a smaller eps=): {format_user_traceback(error)}",
                 )
             return Finding(index, f"backward raised {format_user_traceback(error)}")
         return self._explain_mismatch(
