@@ -310,9 +310,28 @@ def _suspected(sample: SampleInput, tensors: list[torch.Tensor], names: list[str
     return merged
 
 
-def edge_variants(op: Any, sample: SampleInput, isolate: bool, source: int = 0) -> tuple[list[EdgeVariant], list[str]]:
+def samples_broadcast(samples: Sequence[SampleInput]) -> bool:
+    """Whether any of the op's own samples broadcasts two inputs under test against each other (a bias
+    [C] beside x [N, C], y [3, 1] beside x [3, 4]): broadcasting is then part of the op's contract."""
+    for sample in samples:
+        shapes = [tuple(t.shape) for t in sample_tensors(sample) if _under_test(t)]
+        for a, b in itertools.combinations(set(shapes), 2):
+            try:
+                torch.broadcast_shapes(a, b)
+            except RuntimeError:
+                continue
+            return True
+    return False
+
+
+def edge_variants(
+    op: Any, sample: SampleInput, isolate: bool, source: int = 0, broadcasting: bool = True
+) -> tuple[list[EdgeVariant], list[str]]:
     """The proven and the suspected edge variants of ``sample`` (proven first), and notes on relations
-    the forward did not confirm because it crashed."""
+    the forward did not confirm because it crashed. ``broadcasting``: whether the op's samples show that
+    it broadcasts its inputs (:func:`samples_broadcast`); without that, a size-1 broadcast the forward
+    accepts is only suspected (q and k of a self-attention share their length by coincidence, and no
+    caller broadcasts them)."""
     tensors = sample_tensors(sample)
     if not any(_under_test(t) for t in tensors):
         return [], []
@@ -374,7 +393,7 @@ def edge_variants(op: Any, sample: SampleInput, isolate: bool, source: int = 0) 
     for (k, d), verdict in zip(spots, confirmed):
         if isinstance(verdict, Crash):
             notes.append(f"a broadcast probe of sample {source} {verdict.describe()}; that relation is not used")
-        elif verdict is True:
+        elif verdict is True and broadcasting:
             proven.append(
                 EdgeVariant(
                     f"{names[k]} given size 1 in dimension {d}, broadcast against the others",

@@ -39,7 +39,7 @@ from ..differentiation import (
     worst_mismatch,
 )
 from ..dtypes import Tolerance, dtype_id, is_reference_precision, reference_dtype
-from ..precision import ladder, loss_function, loss_rounding, prove_directional
+from ..precision import DirectionalProof, ladder, loss_function, loss_rounding, prove_directional
 from ..report.heatmap import difference_grid
 from ..torch_internals import make_undefined_grad, raised_in_finite_differences, replaced_slow_mode_error
 from ._support import gradient_samples, integer_outputs_reason
@@ -565,11 +565,19 @@ class _GradientCheck(Check):
                 return []  # the comparison with reference= that follows is the proof
             raise _NoReference(found)
         ref_dtype, reference, expected, declined = found
+        try:
+            proof = self._prove(ctx, reference, mask, expected, ref_dtype, index, notes)
+        except _ImpreciseRung as imprecise:
+            # The op runs at this precision in name only (it computes below it): the next rung down.
+            found = self._reference_derivatives(ctx, call, mask, got, index, imprecise=(ref_dtype, str(imprecise)))
+            if isinstance(found, str):
+                raise _NoReference(found) from None
+            ref_dtype, reference, expected, declined = found
+            proof = self._prove(ctx, reference, mask, expected, ref_dtype, index, notes)
         note = _reference_note(ref_dtype, ctx.dtype, declined)
         if note not in notes:
             notes.append(note)
         what = "gradient" if self.order == 1 else "second derivative"
-        proof = self._prove(ctx, reference, mask, expected, ref_dtype, index, notes)
         if proof is not None:
             label, name, detail = proof
             return [
@@ -675,15 +683,29 @@ class _GradientCheck(Check):
         return []
 
     def _reference_derivatives(
-        self, ctx: CheckContext, call: OpCall, mask: Sequence[bool], got: _Derivatives, index: int
+        self,
+        ctx: CheckContext,
+        call: OpCall,
+        mask: Sequence[bool],
+        got: _Derivatives,
+        index: int,
+        imprecise: Optional[tuple[torch.dtype, str]] = None,
     ) -> tuple[torch.dtype, OpCall, _Derivatives, list[str]] | str:
         """Climb down the precision ladder from the highest rung the op accepted before (kept in
         ``ctx.cache``, per op and device): (reference dtype, the sample at it, its derivatives with the
-        item's grad_outputs, what higher rungs raised), or the skip reason when no rung works."""
+        item's grad_outputs, what higher rungs raised), or the skip reason when no rung works.
+        ``imprecise``: a rung the op was just found to compute below, and why; the climb starts under it."""
         key = ("reference precision", ctx.op.name, ctx.device, ctx.dtype.is_complex)
         rungs = list(ladder(ctx.dtype))
         known = ctx.cache.get(key)
         declined: list[str] = list(ctx.cache.get(key + ("declined",), []))
+        if imprecise is not None:
+            rung, why = imprecise
+            declined.append(f"{dtype_id(rung)}: {why}")
+            ctx.cache[key + ("declined",)] = declined
+            known = rungs[rungs.index(rung) + 1] if rung in rungs and rung != rungs[-1] else None
+            if known is None:
+                return f"no precision at or above {dtype_id(ctx.dtype)} gives finite differences that mean something ({'; '.join(declined)})"
         if known in rungs:
             rungs = rungs[rungs.index(known) :]
         for ref_dtype in rungs:
@@ -779,6 +801,32 @@ class _GradientCheck(Check):
             )
             if noisy_proof.holds:
                 return None
+        elif is_reference_precision(ref_dtype) and ref_dtype != ctx.dtype:
+            # Central differences of a smooth function at steps h and 2h agree to O(h^2), and over a step
+            # 1000x larger the forward's rounding shrinks 1000x while the truncation error of a smooth
+            # function stays far below the tolerance. When h and 2h disagree, or the larger step agrees
+            # with the backward, the forward's own rounding drowns the differences at h: the op computes
+            # below this precision (an upcast with .float() is a downcast for float64 inputs). Not blamed.
+            doubled: Optional[DirectionalProof]
+            far: Optional[DirectionalProof]
+            try:
+                doubled = prove_directional(
+                    loss_of, inputs, grads, directions, rounding, ref_dtype, eps, ctx.tolerance.rtol, widen=2.0
+                )
+                far = prove_directional(
+                    loss_of, inputs, grads, directions, rounding, ref_dtype, eps, ctx.tolerance.rtol, widen=1000.0
+                )
+            except Exception:  # a forward that fails further away: nothing learnt
+                doubled = far = None
+            if doubled is not None and far is not None:
+                spread = abs(doubled.numeric - joint.numeric)
+                if not spread <= joint.allowed or far.holds:
+                    raise _ImpreciseRung(
+                        f"its finite differences at steps {joint.step:g}, {doubled.step:g} and {far.step:g} give "
+                        f"{joint.numeric:.6g}, {doubled.numeric:.6g} and {far.numeric:.6g} (the backward: "
+                        f"{joint.analytic:.6g}): the forward's rounding drowns them, it computes below "
+                        f"{dtype_id(ref_dtype)} precision"
+                    )
         for position in range(len(inputs)):
             alone = [d if k == position else None for k, d in enumerate(directions)]
             own = [random_like(inputs[position].detach(), generator) if k == position else None for k in range(len(inputs))]
@@ -914,6 +962,10 @@ def _reference_note(ref_dtype: torch.dtype, dtype: torch.dtype, declined: Sequen
 
 class _NotDifferentiable(Exception):
     """Every output of the op is integer or bool on a sample: nothing to differentiate there."""
+
+
+class _ImpreciseRung(Exception):
+    """A reference precision whose finite differences the forward's own rounding drowns."""
 
 
 class _NoReference(Exception):
