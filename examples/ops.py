@@ -100,12 +100,15 @@ weighted_sum.register_autograd(_ws_backward, setup_context=_ws_setup)
 # An Optional[Tensor] input: a linear layer with an optional bias.
 @torch.library.custom_op("examples::linear", mutates_args=())
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    # Its contract, said where edge_shapes can see it: a batch of rows (a 1-D x would be a suspected edge).
+    torch._check(x.dim() == 2, lambda: f"linear takes x of shape [N, in], got {list(x.shape)}")
     out = x @ weight.t()
     return out + bias if bias is not None else out
 
 
 @linear.register_fake
 def _(x, weight, bias=None):
+    torch._check(x.dim() == 2, lambda: f"linear takes x of shape [N, in], got {list(x.shape)}")
     return x.new_empty(x.shape[0], weight.shape[0])
 
 
