@@ -769,12 +769,8 @@ class _GradientCheck(Check):
             rounding = loss_rounding(derivatives.first_live, derivatives.directions)
         eps = ctx.spec.eps
         directions = [random_like(x.detach(), generator) for x in inputs]
-
-        def prove(way: Sequence[Optional[torch.Tensor]], **kwargs: Any) -> DirectionalProof:
-            return prove_directional(loss_of, inputs, grads, way, rounding, ref_dtype, eps, ctx.tolerance.rtol, **kwargs)
-
         try:
-            joint = prove(directions)
+            joint = prove_directional(loss_of, inputs, grads, directions, rounding, ref_dtype, eps, ctx.tolerance.rtol)
         except Exception:  # a forward that fails a step away: nothing proven, nothing to blame
             return None
         if joint.holds:
@@ -782,7 +778,9 @@ class _GradientCheck(Check):
         if not math.isfinite(joint.numeric) and math.isfinite(joint.analytic):
             # A step left the op's domain (a log or sqrt of an input near 0): a smaller one may not.
             with contextlib.suppress(Exception):
-                joint = prove(directions, widen=0.01)
+                joint = prove_directional(
+                    loss_of, inputs, grads, directions, rounding, ref_dtype, eps, ctx.tolerance.rtol, widen=0.01
+                )
             if joint.holds:
                 return None
             if not math.isfinite(joint.numeric):
@@ -798,7 +796,9 @@ class _GradientCheck(Check):
         if noise > 0:
             # A nondeterministic function (atomic adds, a noisy backward): differences over a step
             # 1000x larger see through its noise; what is left of the disagreement is the op's.
-            noisy_proof = prove(directions, noise=noise, widen=1000.0)
+            noisy_proof = prove_directional(
+                loss_of, inputs, grads, directions, rounding, ref_dtype, eps, ctx.tolerance.rtol, noise=noise, widen=1000.0
+            )
             if noisy_proof.holds:
                 return None
         elif is_reference_precision(ref_dtype) and ref_dtype != ctx.dtype:
@@ -810,8 +810,12 @@ class _GradientCheck(Check):
             doubled: Optional[DirectionalProof]
             far: Optional[DirectionalProof]
             try:
-                doubled = prove(directions, widen=2.0)
-                far = prove(directions, widen=1000.0)
+                doubled = prove_directional(
+                    loss_of, inputs, grads, directions, rounding, ref_dtype, eps, ctx.tolerance.rtol, widen=2.0
+                )
+                far = prove_directional(
+                    loss_of, inputs, grads, directions, rounding, ref_dtype, eps, ctx.tolerance.rtol, widen=1000.0
+                )
             except Exception:  # a forward that fails further away: nothing learnt
                 doubled = far = None
             if doubled is not None and far is not None:
@@ -827,7 +831,10 @@ class _GradientCheck(Check):
             alone = [d if k == position else None for k, d in enumerate(directions)]
             own = [random_like(inputs[position].detach(), generator) if k == position else None for k in range(len(inputs))]
             try:
-                proofs = [prove(way) for way in (alone, own)]
+                proofs = [
+                    prove_directional(loss_of, inputs, grads, way, rounding, ref_dtype, eps, ctx.tolerance.rtol)
+                    for way in (alone, own)
+                ]
             except Exception:
                 continue
             if not any(p.holds for p in proofs):
